@@ -1,0 +1,1 @@
+"""thinkscale gateway: an OpenAI-style endpoint that serves one model several reasoning ways."""

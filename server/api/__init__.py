@@ -1,0 +1,1 @@
+"""HTTP layer: OpenAI-style schemas, routes, errors and streaming."""

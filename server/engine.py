@@ -1,0 +1,152 @@
+"""The policy engine: vLLM's AsyncLLM in the gateway process, plus per-call cost accounting.
+
+Why a wrapper: methods should not know how vLLM is configured, nor remember to abort a
+request whose client went away, nor how to count what a call computed. `Engine.generate`
+streams one sequence and, however it ends (finished, cancelled, failed), charges the
+call to the request's :class:`~server.usage.UsageMeter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vllm import AsyncEngineArgs, SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.outputs import RequestOutput
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from server.config import Settings
+from server.flops import FlopsModel
+from server.usage import Component, UsageMeter
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_path(settings: Settings) -> str:
+    """The model to serve: the operator's choice, else the embedded SmolLM2 (converted once)."""
+    if settings.model:
+        return settings.model
+    from server.embedded_model import ensure_embedded_model
+
+    return str(ensure_embedded_model(settings.cache_dir / "models"))
+
+
+def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
+    """Translate our settings into vLLM's; hardware defaults must be resolved already."""
+    if settings.device == "cpu":
+        # Without this, vLLM's CPU backend reserves most of the machine's RAM for KV cache.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
+    return AsyncEngineArgs(
+        model=model_path,
+        served_model_name=[served_name(settings, model_path)],
+        dtype=settings.dtype or "auto",
+        block_size=settings.block_size,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        enforce_eager=bool(settings.enforce_eager),
+        enable_prefix_caching=True,
+        max_logprobs=settings.max_logprobs,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        trust_remote_code=settings.trust_remote_code,
+        seed=settings.seed,
+        disable_log_stats=False,  # keeps vLLM's own vllm:* Prometheus series
+    )
+
+
+def served_name(settings: Settings, model_path: str) -> str:
+    if settings.served_model_name:
+        return settings.served_model_name
+    return Path(model_path).name if Path(model_path).exists() else model_path
+
+
+@dataclass
+class Engine:
+    """A started policy engine and what methods need to know about its model."""
+
+    llm: AsyncLLM
+    model_name: str
+    model_path: str
+    max_model_len: int
+    flops: FlopsModel
+
+    @classmethod
+    def start(cls, settings: Settings) -> Engine:
+        model_path = resolve_model_path(settings)
+        args = build_engine_args(settings, model_path)
+        logger.info("starting vLLM engine for %s", model_path)
+        llm = AsyncLLM.from_engine_args(args)
+        return cls(
+            llm=llm,
+            model_name=served_name(settings, model_path),
+            model_path=model_path,
+            max_model_len=llm.model_config.max_model_len,
+            flops=FlopsModel.from_hf_config(llm.model_config.hf_config),
+        )
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+
+    @property
+    def tokenizer(self):
+        return self.llm.get_tokenizer()
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        meter: UsageMeter,
+        *,
+        component: Component = "policy",
+        request_id: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream the outputs of one single-sequence engine request, then charge its cost.
+
+        Cancellation (client disconnect, timeout) propagates into vLLM's generator, which
+        aborts the engine request; the tokens computed so far are still charged.
+        """
+        if params.n != 1:
+            raise ValueError("Engine.generate runs one sequence; fan out n in the method")
+        request_id = request_id or uuid.uuid4().hex
+        prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
+        cached_tokens = 0
+        generated_tokens = 0
+        try:
+            async for output in self.llm.generate(prompt, params, request_id):
+                cached_tokens = output.num_cached_tokens or 0
+                generated_tokens = _generated_so_far(output, params, generated_tokens)
+                yield output
+        finally:
+            meter.record_generation(
+                prompt_tokens=len(prompt_token_ids),
+                cached_tokens=cached_tokens,
+                generated_tokens=generated_tokens,
+                component=component,
+            )
+
+    async def num_unfinished_requests(self) -> int:
+        return self.llm.get_num_unfinished_requests()
+
+
+def _generated_so_far(output: RequestOutput, params: SamplingParams, before: int) -> int:
+    """Generated-token count, whether outputs are cumulative or deltas."""
+    from vllm.sampling_params import RequestOutputKind
+
+    produced = len(output.outputs[0].token_ids) if output.outputs else 0
+    if params.output_kind == RequestOutputKind.DELTA:
+        return before + produced
+    return produced

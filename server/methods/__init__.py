@@ -1,0 +1,28 @@
+"""The method registry: the one place that lists the methods the gateway serves.
+
+Adding a method = one new module under `server/methods/` plus one entry here.
+"""
+
+from __future__ import annotations
+
+from server.methods.base import Method
+from server.methods.baseline import Baseline
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (
+        Baseline,
+    )
+}  # fmt: skip
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def parameter_blocks() -> dict[str, type]:
+    """Every parameter block any method reads, for rejecting unknown top-level keys."""
+    blocks: dict[str, type] = {}
+    for cls in METHODS.values():
+        blocks.update(cls.parameter_blocks)
+    return blocks

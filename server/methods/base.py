@@ -1,0 +1,115 @@
+"""The method interface: one reasoning method = one subclass, one file.
+
+A method receives one prompt (already tokenized and validated) and streams
+:class:`ChoiceDelta` events for its `n` choices; it drives the engine through
+:class:`MethodContext`, which charges every engine call to the request's usage meter.
+The route does everything else (validation, fan-out over prompts, usage, metrics, SSE),
+so a new method is one file plus one line in the registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from vllm import SamplingParams
+from vllm.logprobs import Logprob
+
+from server.config import Settings
+from server.engine import Engine
+from server.usage import UsageMeter
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """The request's OpenAI sampling fields, for one sequence."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    min_p: float = 0.0
+    stop: list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+    def to_vllm(self, *, seed_offset: int = 0, **overrides: Any) -> SamplingParams:
+        """vLLM parameters for one sequence; choice i of a seeded request uses seed + i, as
+        vLLM's own n>1 fan-out does, so results match `vllm serve`."""
+        values: dict[str, Any] = {
+            "n": 1,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k if self.top_k is not None else 0,
+            "min_p": self.min_p,
+            "stop": self.stop,
+            "seed": None if self.seed is None else self.seed + seed_offset,
+            "logprobs": self.logprobs,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+            "ignore_eos": self.ignore_eos,
+            "min_tokens": self.min_tokens,
+        }
+        values.update(overrides)
+        return SamplingParams(**values)
+
+
+@dataclass
+class ChoiceDelta:
+    """New output of one choice. `logprobs` holds vLLM's per-token top-logprob dicts."""
+
+    index: int
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, Logprob]] | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class MethodInput:
+    """One prompt of a request, ready for a method."""
+
+    prompt_token_ids: list[int]
+    prompt_text: str
+    n: int
+    sampling: SamplingSpec
+    params: dict[str, BaseModel]  # validated parameter blocks, keyed by block name
+
+
+@dataclass
+class MethodContext:
+    """What a method may use: the engine, the request's meter, settings, a details dict."""
+
+    engine: Engine
+    meter: UsageMeter
+    settings: Settings
+    request_id: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """A way of turning a prompt into `n` completions."""
+
+    name: ClassVar[str]
+    # Parameter blocks this method reads from the request body, e.g. {"rebase": RebaseParams}.
+    parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {}
+
+    def check(self, inp: MethodInput, engine: Engine) -> None:
+        """Reject inputs this method cannot serve (raise `APIError`); default accepts all."""
+        return None
+
+    @abstractmethod
+    def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
+        """Stream deltas of choices 0..n-1; each choice ends with a delta that has a
+        `finish_reason`."""

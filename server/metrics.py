@@ -1,0 +1,119 @@
+"""Prometheus series of the gateway (`thinkscale_*`), served next to vLLM's `vllm:*` series.
+
+Why these shapes: operators compare methods, so every series has a bounded `method` label
+(never a per-request label); histogram buckets span milliseconds to many minutes because a
+baseline completion and a wide REBASE tree differ by four orders of magnitude in latency and
+FLOPs. vLLM registers its own collectors in the same default registry, so one `/metrics`
+endpoint serves both; vLLM unregisters anything named `vllm:*` at start-up, hence our prefix.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+)  # fmt: skip
+FLOPS_BUCKETS = tuple(10.0**e for e in range(6, 18)) + tuple(3 * 10.0**e for e in range(6, 17))
+FLOPS_BUCKETS = tuple(sorted(FLOPS_BUCKETS))
+COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+RATIO_BUCKETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+
+REQUESTS = Counter(
+    "thinkscale_requests",
+    "Completion requests by method and outcome (ok, client_error, server_error, cancelled, "
+    "timeout, rejected).",
+    ["method", "status"],
+)
+REQUEST_LATENCY = Histogram(
+    "thinkscale_request_latency_seconds",
+    "End-to-end latency of successful requests, from admission to the last byte.",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "thinkscale_time_to_first_token_seconds",
+    "Time from admission to the first output token sent (for search methods: the answer).",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+REQUEST_FLOPS = Histogram(
+    "thinkscale_request_flops",
+    "FLOPs per successful request (executed = cache-aware, all components).",
+    ["method"],
+    buckets=FLOPS_BUCKETS,
+)
+FLOPS = Counter(
+    "thinkscale_flops",
+    "FLOPs spent, by method, component (policy, reward) and accounting (executed, nominal).",
+    ["method", "component", "accounting"],
+)
+TOKENS = Counter(
+    "thinkscale_tokens",
+    "Tokens by method and kind: prompt, completion (visible output), cached (prefix-cache "
+    "hits), forward (positions that ran), thought (Quiet-STaR), tree (REBASE node text), reward.",
+    ["method", "kind"],
+)
+ENGINE_CALLS = Counter(
+    "thinkscale_engine_calls",
+    "Engine requests made on behalf of API requests, by method and component.",
+    ["method", "component"],
+)
+IN_FLIGHT = Gauge(
+    "thinkscale_requests_in_flight",
+    "Requests admitted and not yet finished, by method.",
+    ["method"],
+)
+QUEUE_DEPTH = Gauge(
+    "thinkscale_queue_depth",
+    "Work items waiting for a slot in a method's scheduler (e.g. REBASE node expansions).",
+    ["method"],
+)
+
+# --- REBASE ------------------------------------------------------------------------------
+REBASE_NODES = Histogram(
+    "thinkscale_rebase_nodes_expanded",
+    "Tree nodes (steps) generated per REBASE request.",
+    ["method"],
+    buckets=COUNT_BUCKETS,
+)
+REBASE_DEPTH = Histogram(
+    "thinkscale_rebase_depth",
+    "Depth reached per REBASE request.",
+    ["method"],
+    buckets=(1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 32),
+)
+REBASE_LEAVES = Histogram(
+    "thinkscale_rebase_leaves",
+    "Completed leaves (candidate solutions) per REBASE request.",
+    ["method"],
+    buckets=COUNT_BUCKETS,
+)
+REWARD_CALLS = Counter(
+    "thinkscale_reward_calls",
+    "Process-reward-model scoring calls, by method and reward model.",
+    ["method", "reward_model"],
+)
+
+# --- Quiet-STaR --------------------------------------------------------------------------
+FORWARD_TOKENS_PER_OUTPUT = Histogram(
+    "thinkscale_forward_tokens_per_output_token",
+    "Forward (computed) token positions per visible output token, per request.",
+    ["method"],
+    buckets=RATIO_BUCKETS,
+)
+
+
+def record_request_outcome(method: str, status: str) -> None:
+    REQUESTS.labels(method=method, status=status).inc()
+
+
+def init_method_series(methods: list[str]) -> None:
+    """Create every label combination at zero so dashboards show 0, not 'no data'."""
+    for method in methods:
+        for status in ("ok", "client_error", "server_error", "cancelled", "timeout", "rejected"):
+            REQUESTS.labels(method=method, status=status)
+        IN_FLIGHT.labels(method=method)
+        for component in ("policy", "reward"):
+            for accounting in ("executed", "nominal"):
+                FLOPS.labels(method=method, component=component, accounting=accounting)

@@ -1,0 +1,89 @@
+"""Per-request cost accounting: tokens and FLOPs of every engine call a method makes.
+
+Why a meter object: a method may make one engine call (baseline) or hundreds (REBASE,
+Quiet-STaR). Every call reports what it computed (prompt minus prefix-cache hits, plus
+generated tokens) and the meter sums it, split by component (policy model vs reward model),
+so the response and the metrics say what the *whole* request cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from server.flops import FlopsModel, RequestFlops
+
+Component = Literal["policy", "reward"]
+
+
+@dataclass
+class ComponentCost:
+    """What one model (policy or reward) computed for a request."""
+
+    engine_calls: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    flops: RequestFlops = field(default_factory=lambda: RequestFlops(0, 0))
+
+    forward_tokens: int = 0
+
+
+
+@dataclass
+class UsageMeter:
+    """Accumulates the cost of one API request across all its engine calls."""
+
+    policy_flops: FlopsModel
+    reward_flops: FlopsModel | None = None
+    components: dict[str, ComponentCost] = field(default_factory=dict)
+    thought_tokens: int = 0
+
+    def record_generation(
+        self,
+        *,
+        prompt_tokens: int,
+        cached_tokens: int,
+        generated_tokens: int,
+        component: Component = "policy",
+    ) -> None:
+        """Charge one finished (or aborted) generation call of the policy or a generative judge."""
+        model = self._model_for(component)
+        cost = self.components.setdefault(component, ComponentCost())
+        cost.engine_calls += 1
+        cost.prompt_tokens += prompt_tokens
+        cost.cached_tokens += cached_tokens
+        cost.generated_tokens += generated_tokens
+        # Positions that ran: the uncached prompt, then every generated token but the last
+        # is fed back (the last one is sampled and never run through the model).
+        cost.forward_tokens += prompt_tokens - cached_tokens + max(generated_tokens - 1, 0)
+        cost.flops = cost.flops + model.request_flops(
+            prompt_tokens, cached_tokens, generated_tokens
+        )
+
+    def record_prefill(
+        self, *, prompt_tokens: int, cached_tokens: int, component: Component = "reward"
+    ) -> None:
+        """Charge a scoring call that only runs the prompt (a pooling PRM): no LM head."""
+        model = self._model_for(component)
+        cost = self.components.setdefault(component, ComponentCost())
+        cost.engine_calls += 1
+        cost.prompt_tokens += prompt_tokens
+        cost.cached_tokens += cached_tokens
+        cost.forward_tokens += prompt_tokens - cached_tokens
+        cost.flops = cost.flops + model.prefill_flops(prompt_tokens, cached_tokens, logits="none")
+
+    def component(self, name: Component) -> ComponentCost:
+        return self.components.get(name, ComponentCost())
+
+    @property
+    def total_flops(self) -> RequestFlops:
+        total = RequestFlops(0, 0)
+        for cost in self.components.values():
+            total = total + cost.flops
+        return total
+
+    def _model_for(self, component: Component) -> FlopsModel:
+        if component == "reward" and self.reward_flops is not None:
+            return self.reward_flops
+        return self.policy_flops
