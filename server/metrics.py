@@ -109,7 +109,9 @@ def record_request_outcome(method: str, status: str) -> None:
 
 
 def init_method_series(methods: list[str]) -> None:
-    """Create every label combination at zero so dashboards show 0, not 'no data'."""
+    """Create every label combination at zero so dashboards show 0, not 'no data'.
+    Requests naming no valid method are counted under method="unknown"."""
+    REQUESTS.labels(method="unknown", status="client_error")
     for method in methods:
         for status in ("ok", "client_error", "server_error", "cancelled", "timeout", "rejected"):
             REQUESTS.labels(method=method, status=status)

@@ -29,7 +29,6 @@ class ComponentCost:
     forward_tokens: int = 0
 
 
-
 @dataclass
 class UsageMeter:
     """Accumulates the cost of one API request across all its engine calls."""

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
+from server import metrics
 from server.api.cancellation import ClientDisconnected, run_unless_disconnected
 from server.api.errors import APIError, error_payload
 from server.api.logprobs import LogprobsBuilder
@@ -43,7 +44,12 @@ def check_api_key(request: Request) -> None:
 async def create_completion(
     body: CompletionRequest, request: Request, service: ServiceDep
 ) -> Response:
-    prepared = service.prepare(body)
+    try:
+        prepared = service.prepare(body)
+    except APIError:
+        known = body.method in method_names()
+        metrics.record_request_outcome(body.method if known else "unknown", "client_error")
+        raise
     service.admit(prepared)
     if body.stream:
         return EventSourceResponse(_sse_events(service, prepared), ping=15)
