@@ -131,7 +131,7 @@ def select(
     shuffle: bool = False,
     seed: int = 0,
 ) -> Dataset:
-    """Shuffle (optionally, with `Dataset.shuffle(seed=...)`), then take rows [offset, offset+limit).
+    """Optionally `Dataset.shuffle(seed=...)`, then take rows [offset, offset + limit).
 
     An `index` column keeps each row's position in the unshuffled split.
     """
@@ -139,8 +139,9 @@ def select(
         ds = ds.add_column("index", list(range(len(ds))))
     if shuffle:
         ds = ds.shuffle(seed=seed)
+    start = min(offset, len(ds))
     stop = len(ds) if limit is None else min(len(ds), offset + limit)
-    return ds.select(range(min(offset, len(ds)), stop))
+    return ds.select(range(start, max(start, stop)))
 
 
 def to_problems(ds: Dataset, split: str) -> list[Problem]:

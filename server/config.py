@@ -64,6 +64,21 @@ class Settings(BaseSettings):
     max_logprobs: int = Field(20, ge=0, le=100)
     seed: int = 0
 
+    # --- methods -----------------------------------------------------------------------
+    reward_model: Literal["arithmetic", "policy_judge", "vllm_prm"] = Field(
+        "arithmetic", description="Default process reward model of REBASE."
+    )
+    prm_model: str | None = Field(None, description="HF id/folder of a PRM for 'vllm_prm'.")
+    prm_style: Literal["math_shepherd", "qwen_prm"] = "math_shepherd"
+    rebase_scheduler: Literal["fair", "direct"] = Field(
+        "fair",
+        description="'fair': one bounded, fair scheduler for all trees; 'direct': each tree "
+        "submits its own engine calls (the simple alternative, for comparison).",
+    )
+    rebase_max_in_flight: int = Field(
+        64, ge=1, description="Engine jobs (sequences, scoring calls) REBASE keeps in flight."
+    )
+
     # --- API limits (bounded resources) ----------------------------------------------------
     max_pending_requests: int = Field(
         256,

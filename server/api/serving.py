@@ -58,6 +58,7 @@ class CompletionService:
         self.engine = engine
         self.settings = settings
         self.admitted = 0
+        self.shared: dict = {}  # see MethodContext.shared
 
     # ---- validation -------------------------------------------------------------------
     def prepare(self, request: CompletionRequest) -> PreparedRequest:
@@ -198,6 +199,7 @@ class CompletionService:
                 settings=self.settings,
                 request_id=f"{prepared.request_id}-p{prompt_index}",
                 details=prepared.details,
+                shared=self.shared,
             )
             async for delta in prepared.method.run(ctx, inp):
                 delta.index += prompt_index * n

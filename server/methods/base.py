@@ -96,6 +96,9 @@ class MethodContext:
     settings: Settings
     request_id: str
     details: dict[str, Any] = field(default_factory=dict)
+    # Process-wide objects methods share across requests (schedulers, reward models), created
+    # lazily by the method that needs them.
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(ABC):

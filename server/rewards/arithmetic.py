@@ -43,8 +43,12 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.rewards.base import RewardModel
+
+if TYPE_CHECKING:
+    from server.usage import UsageMeter
 
 __all__ = ["ArithmeticRewardModel", "EquationCheck", "check_step", "safe_eval", "score_step"]
 
@@ -320,7 +324,14 @@ class ArithmeticRewardModel(RewardModel):
             raise ValueError(f"neutral must be in [0, 1], got {neutral!r}")
         self.neutral = neutral
 
-    async def score(self, question: str, steps_batch: Sequence[Sequence[str]]) -> list[list[float]]:
+    async def score(
+        self,
+        question: str,
+        steps_batch: Sequence[Sequence[str]],
+        *,
+        meter: UsageMeter | None = None,
+    ) -> list[list[float]]:
+        """Pure CPU: nothing to charge to ``meter`` (its FLOPs are negligible)."""
         out = []
         for k, steps in enumerate(steps_batch):
             out.append([score_step(step, neutral=self.neutral) for step in steps])

@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from server.usage import UsageMeter
 
 __all__ = ["RewardModel", "check_scores"]
 
@@ -22,8 +25,17 @@ class RewardModel(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    async def score(self, question: str, steps_batch: Sequence[Sequence[str]]) -> list[list[float]]:
-        """One list of step scores in [0, 1] per path of ``steps_batch``, same lengths."""
+    async def score(
+        self,
+        question: str,
+        steps_batch: Sequence[Sequence[str]],
+        *,
+        meter: UsageMeter | None = None,
+    ) -> list[list[float]]:
+        """One list of step scores in [0, 1] per path of ``steps_batch``, same lengths.
+
+        Engine-backed scorers charge what they compute to ``meter`` (component "reward"),
+        so a request's usage includes the PRM's FLOPs."""
 
 
 def check_scores(steps_batch: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]) -> None:

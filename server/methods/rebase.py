@@ -1,0 +1,204 @@
+"""`rebase`: REBASE tree search on the engine, guided by a process reward model.
+
+The algorithm is `server.rebase.search.rebase_search`; this file supplies its two callbacks:
+`expand` (sample k next steps of a node: one engine sequence each, through the cross-request
+scheduler, children share the node's token prefix) and `score` (the PRM's reward of each new
+node's last step), then votes over the leaves and reports tree statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from vllm.sampling_params import RequestOutputKind
+
+from server import metrics
+from server.answers import extract_answer
+from server.api.errors import APIError
+from server.engine import Engine
+from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
+from server.methods.streams import merge_streams
+from server.rebase.aggregation import aggregate
+from server.rebase.params import RebaseParams
+from server.rebase.scheduler import DirectScheduler, ExpansionScheduler
+from server.rebase.search import SearchResult, rebase_search
+from server.rebase.steps import StepFormat
+from server.rebase.tree import Node, root_node
+from server.rewards.base import RewardModel
+from server.rewards.provider import get_reward_model
+
+
+class Rebase(Method):
+    name = "rebase"
+    parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {"rebase": RebaseParams}
+
+    def check(self, inp: MethodInput, engine: Engine) -> None:
+        if inp.sampling.logprobs is not None:
+            raise APIError(f"logprobs is not supported by method '{self.name}'", param="logprobs")
+        if inp.sampling.stop:
+            raise APIError(
+                f"stop is not supported by method '{self.name}'; steps end at "
+                "rebase.step_delimiter",
+                param="stop",
+            )
+
+    def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
+        return merge_streams([self._search(ctx, inp, i) for i in range(inp.n)])
+
+    async def _search(
+        self, ctx: MethodContext, inp: MethodInput, index: int
+    ) -> AsyncIterator[ChoiceDelta]:
+        params: RebaseParams = inp.params["rebase"]  # type: ignore[assignment]
+        tree = _Tree(self, ctx, inp, params, tree_id=f"{ctx.request_id}-{index}", index=index)
+        result = await rebase_search(tree.root, params, tree.expand, tree.score)
+        yield tree.answer(result)
+
+
+class _Tree:
+    """The engine-facing side of one search: expansions, scoring, the final answer."""
+
+    def __init__(
+        self,
+        method: Rebase,
+        ctx: MethodContext,
+        inp: MethodInput,
+        params: RebaseParams,
+        *,
+        tree_id: str,
+        index: int,
+    ) -> None:
+        self.method, self.ctx, self.inp, self.params = method, ctx, inp, params
+        self.tree_id, self.index = tree_id, index
+        self.format = StepFormat(params)
+        prefix = self.format.root_prefix()
+        self.root = root_node(ctx.engine.encode(prefix) if prefix else [], prefix)
+        self.scheduler = scheduler_for(ctx)
+        self.reward: RewardModel = get_reward_model(ctx, params.reward_model)
+        seed = inp.sampling.seed
+        self._seeds = itertools.count(seed * 1_000_003 if seed is not None else 0)
+        self.tree_tokens = 0
+        self.reward_calls = 0
+
+    # -- expand: k continuations of each node, one engine sequence each ------------------
+    async def expand(self, requests: Sequence[tuple[Node, int]]) -> list[Node]:
+        jobs = [
+            self._generate_step(node, next(self._seeds)) for node, k in requests for _ in range(k)
+        ]
+        return list(await asyncio.gather(*jobs))
+
+    async def _generate_step(self, node: Node, seed: int) -> Node:
+        depth = node.depth + 1
+        remaining = self.inp.sampling.max_tokens - node.path_tokens
+        params = self.inp.sampling.to_vllm(
+            max_tokens=max(1, min(self.params.max_step_tokens, remaining)),
+            stop=self.format.stop_strings(depth),
+            include_stop_str_in_output=True,
+            seed=seed if self.inp.sampling.seed is not None else None,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            logprobs=None,
+        )
+        prompt = self.inp.prompt_token_ids + self.root.token_ids + node.path_token_ids()
+
+        async def job():
+            final = None
+            async for output in self.ctx.engine.generate(prompt, params, self.ctx.meter):
+                final = output
+            return final.outputs[0]
+
+        out = await self.scheduler.run(self.tree_id, job)
+        token_ids = list(out.token_ids)
+        self.tree_tokens += len(token_ids)
+        child = Node(
+            token_ids=token_ids,
+            text=out.text,
+            step_text=self.format.step_text(out.text, depth),
+            end=self.format.classify(
+                text=out.text,
+                finish_reason=out.finish_reason,
+                stop_reason=out.stop_reason,
+                path_tokens=node.path_tokens + len(token_ids),
+                max_path_tokens=self.inp.sampling.max_tokens,
+            ),
+            parent=node,
+            depth=depth,
+            path_tokens=node.path_tokens + len(token_ids),
+        )
+        node.children.append(child)
+        return child
+
+    # -- score: reward of each new node = PRM score of its last step -----------------------
+    async def score(self, nodes: Sequence[Node]) -> None:
+        steps_batch = [node.steps() for node in nodes]
+
+        async def job():
+            return await self.reward.score(self.inp.prompt_text, steps_batch, meter=self.ctx.meter)
+
+        scores = await self.scheduler.run(self.tree_id, job)
+        self.reward_calls += 1
+        metrics.REWARD_CALLS.labels(self.method.name, self.reward.name).inc()
+        for node, path_scores in zip(nodes, scores, strict=True):
+            node.score = path_scores[-1] if path_scores else 0.0
+
+    # -- answer: vote over the leaves -------------------------------------------------------
+    def answer(self, result: SearchResult) -> ChoiceDelta:
+        leaves = result.leaves
+        votes = aggregate(
+            [(extract_answer(leaf.path_text()), leaf.score) for leaf in leaves],
+            self.params.aggregation,
+        )
+        self._record(result, votes)
+        if votes.winner_index is None:
+            return ChoiceDelta(index=self.index, text="", finish_reason="length")
+        winner = leaves[votes.winner_index]
+        return ChoiceDelta(
+            index=self.index,
+            text=self.root.text + winner.path_text(),
+            token_ids=self.root.token_ids + winner.path_token_ids(),
+            finish_reason="stop" if winner.end in ("answer", "eos") else "length",
+        )
+
+    def _record(self, result: SearchResult, votes: Any) -> None:
+        method = self.method.name
+        metrics.REBASE_NODES.labels(method).observe(result.nodes_expanded)
+        metrics.REBASE_DEPTH.labels(method).observe(result.depth)
+        metrics.REBASE_LEAVES.labels(method).observe(len(result.leaves))
+        metrics.TOKENS.labels(method, "tree").inc(self.tree_tokens)
+        self.ctx.details.setdefault("rebase", []).append(
+            {
+                "request": self.tree_id,
+                "answer": votes.answer,
+                "votes": votes.votes,
+                "nodes_expanded": result.nodes_expanded,
+                "depth": result.depth,
+                "level_sizes": result.level_sizes,
+                "leaves": len(result.leaves),
+                "leaf_ends": _count(leaf.end for leaf in result.leaves),
+                "tree_tokens": self.tree_tokens,
+                "reward_model": self.reward.name,
+                "reward_calls": self.reward_calls,
+            }
+        )
+
+
+def _count(items) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
+    """The process-wide scheduler that all trees share (created on first use)."""
+    scheduler = ctx.shared.get("rebase_scheduler")
+    if scheduler is None:
+        if ctx.settings.rebase_scheduler == "direct":
+            scheduler = DirectScheduler()
+        else:
+            gauge = metrics.QUEUE_DEPTH.labels("rebase")
+            scheduler = ExpansionScheduler(ctx.settings.rebase_max_in_flight, gauge.set)
+        ctx.shared["rebase_scheduler"] = scheduler
+    return scheduler

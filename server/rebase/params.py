@@ -1,0 +1,34 @@
+"""Request parameters of REBASE (`"rebase": {...}` in the request body), with bounds.
+
+Bounds keep one request from monopolising the engine: the tree holds at most `width` live
+nodes per depth, `max_depth` levels, and each path at most the request's `max_tokens`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.rebase.aggregation import Aggregation
+
+
+class RebaseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(16, ge=1, le=64, description="Budget of leaves (B0 = width first steps).")
+    balance_temperature: float = Field(
+        0.2, gt=0.0, le=10.0, description="Softmax temperature T_b of the child allocation."
+    )
+    max_depth: int = Field(25, ge=1, le=64, description="Most steps per path.")
+    max_step_tokens: int = Field(256, ge=1, le=4096, description="Token cap of one step.")
+    step_format: Literal["delimiter", "step_k"] = Field(
+        "delimiter",
+        description="'delimiter': a step ends at `step_delimiter`; 'step_k': numbered "
+        "'Step k:' headers (Math-Shepherd style, the paper's protocol).",
+    )
+    step_delimiter: str = Field("\n", min_length=1, max_length=32)
+    aggregation: Aggregation = "weighted_vote"
+    reward_model: Literal["arithmetic", "policy_judge", "vllm_prm"] | None = Field(
+        None, description="Process reward model; default: the server's."
+    )

@@ -1,0 +1,140 @@
+"""End-to-end REBASE on the tiny model: concurrency, streaming, cancellation, validation."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+QUESTION = "Q: Natalia sold 48 clips in April and half as many in May. How many in total?\nA:"
+# The tiny random model rarely writes a newline; a space makes steps a few tokens long.
+SMALL_TREE = {"width": 4, "max_step_tokens": 6, "step_delimiter": " ", "max_depth": 8}
+
+
+def rebase_body(**overrides) -> dict:
+    body = {"prompt": QUESTION, "max_tokens": 48, "method": "rebase", "rebase": SMALL_TREE}
+    body.update(overrides)
+    return body
+
+
+def scrape(http: httpx.Client) -> dict[str, float]:
+    samples = {}
+    for line in http.get("/metrics").text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def engine_requests(samples: dict[str, float]) -> float:
+    return sum(
+        v
+        for k, v in samples.items()
+        if k.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting{"))
+    )
+
+
+def test_concurrent_rebase_requests_complete(http) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(
+            pool.map(lambda s: http.post("/v1/completions", json=rebase_body(seed=s)), range(4))
+        )
+    for response in responses:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        stats = body["method_details"]["rebase"][0]
+        assert len(body["choices"]) >= 1 and body["choices"][0]["text"]
+        assert stats["leaves"] >= 1
+        assert stats["nodes_expanded"] == sum(stats["level_sizes"])
+        assert max(stats["level_sizes"]) <= SMALL_TREE["width"]
+        assert stats["depth"] <= SMALL_TREE["max_depth"]
+        usage = body["usage"]
+        # One engine call per node; the arithmetic PRM runs on the CPU (no reward FLOPs).
+        assert usage["engine_calls"] == stats["nodes_expanded"]
+        assert usage["flops"]["reward_executed"] == 0
+        # Children share their parent's prefix: the prefix cache must have served some of it.
+        assert usage["cached_tokens"] > 0
+        assert usage["flops"]["executed"] < usage["flops"]["nominal"]
+
+
+def test_seeded_rebase_is_reproducible(http) -> None:
+    first = http.post("/v1/completions", json=rebase_body(seed=7)).json()
+    again = http.post("/v1/completions", json=rebase_body(seed=7)).json()
+    assert first["choices"][0]["text"] == again["choices"][0]["text"]
+    assert first["method_details"] == {
+        "rebase": [
+            {
+                **again["method_details"]["rebase"][0],
+                "request": first["method_details"]["rebase"][0]["request"],
+            }
+        ]
+    }
+
+
+def test_rebase_streams_answer_then_usage(http) -> None:
+    body = rebase_body(stream=True, stream_options={"include_usage": True})
+    with http.stream("POST", "/v1/completions", json=body) as response:
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    assert "rebase" in chunks[-1]["method_details"]
+
+
+def test_disconnected_client_leaves_no_engine_work(gateway, http) -> None:
+    before = scrape(http)
+    big = rebase_body(
+        max_tokens=600,
+        rebase={"width": 16, "max_step_tokens": 2, "step_delimiter": "@@", "max_depth": 64},
+    )
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.url}/v1/completions", json=big, timeout=1.5)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = scrape(http)
+        cancelled = after['thinkscale_requests_total{method="rebase",status="cancelled"}']
+        if cancelled > before['thinkscale_requests_total{method="rebase",status="cancelled"}']:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the gateway never noticed the disconnect")
+    # vLLM's gauges are refreshed on its next stats interval: wait for them to settle.
+    deadline = time.monotonic() + 30
+    while engine_requests(scrape(http)) > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    samples = scrape(http)
+    assert engine_requests(samples) == 0
+    assert samples['thinkscale_requests_in_flight{method="rebase"}'] == 0
+
+
+@pytest.mark.parametrize(
+    ("rebase", "extra", "param"),
+    [
+        ({"width": 0}, {}, "rebase.width"),
+        ({"width": 1000}, {}, "rebase.width"),
+        ({"balance_temperature": 0}, {}, "rebase.balance_temperature"),
+        ({"aggregation": "vibes"}, {}, "rebase.aggregation"),
+        ({"max_depth": 0}, {}, "rebase.max_depth"),
+        ({"step_format": "essay"}, {}, "rebase.step_format"),
+        ({"reward_model": "oracle"}, {}, "rebase.reward_model"),
+        ({"widht": 3}, {}, "rebase.widht"),
+        ({}, {"logprobs": 2}, "logprobs"),
+        ({}, {"stop": ["x"]}, "stop"),
+    ],
+)
+def test_invalid_rebase_parameters_are_400(http, rebase, extra, param) -> None:
+    response = http.post("/v1/completions", json=rebase_body(rebase=rebase, **extra))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_rebase_block_must_be_an_object(http) -> None:
+    response = http.post("/v1/completions", json=rebase_body(rebase=[1, 2]))
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "rebase"

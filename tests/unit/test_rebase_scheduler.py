@@ -1,0 +1,94 @@
+"""The cross-request scheduler: bounded, fair, and cancellation-safe."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.rebase.scheduler import ExpansionScheduler
+
+
+async def _job(log: list, name: str, gate: asyncio.Event | None = None) -> str:
+    log.append(("start", name))
+    if gate is not None:
+        await gate.wait()
+    else:
+        await asyncio.sleep(0)
+    log.append(("end", name))
+    return name
+
+
+def test_never_more_than_max_in_flight() -> None:
+    async def main() -> int:
+        scheduler = ExpansionScheduler(3)
+        peak = 0
+
+        async def job() -> None:
+            nonlocal peak
+            peak = max(peak, scheduler.in_flight)
+            await asyncio.sleep(0.001)
+
+        await asyncio.gather(*(scheduler.run(f"t{i % 4}", job) for i in range(40)))
+        assert scheduler.in_flight == 0 and scheduler.queued == 0
+        return peak
+
+    assert asyncio.run(main()) == 3
+
+
+def test_a_narrow_tree_is_not_starved_by_a_wide_one() -> None:
+    async def main() -> list:
+        scheduler = ExpansionScheduler(2)
+        log: list = []
+        gate = asyncio.Event()
+        wide = [asyncio.create_task(scheduler.run("wide", lambda i=i: _job(log, f"w{i}", gate)))
+                for i in range(10)]  # fmt: skip
+        await asyncio.sleep(0)
+        narrow = asyncio.create_task(scheduler.run("narrow", lambda: _job(log, "n0")))
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*wide, narrow)
+        return [name for kind, name in log if kind == "start"]
+
+    starts = asyncio.run(main())
+    # The narrow tree's only job starts as soon as the first slot frees, before the wide
+    # tree's 10 queued jobs run out.
+    assert starts.index("n0") <= 3
+
+
+def test_cancelled_waiter_is_withdrawn_and_running_job_is_cancelled() -> None:
+    async def main() -> None:
+        scheduler = ExpansionScheduler(1)
+        started = asyncio.Event()
+        never = asyncio.Event()
+        cancelled = []
+
+        async def blocking() -> None:
+            started.set()
+            try:
+                await never.wait()
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        running = asyncio.create_task(scheduler.run("a", blocking))
+        await started.wait()
+        waiting = asyncio.create_task(scheduler.run("b", blocking))
+        await asyncio.sleep(0)
+        assert scheduler.queued == 1
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert scheduler.queued == 0
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        assert cancelled == [True]
+        assert scheduler.in_flight == 0
+        # The scheduler still works afterwards.
+        assert await scheduler.run("c", lambda: _job([], "ok")) == "ok"
+
+    asyncio.run(main())
+
+
+def test_rejects_zero_capacity() -> None:
+    with pytest.raises(ValueError):
+        ExpansionScheduler(0)
