@@ -38,29 +38,15 @@ BUILTIN_VARIABLES = {
 VARIABLE_VALUE = ".*"
 
 # Series that only a method not yet registered can produce, so their panel queries end in
-# `or vector(0)` to show 0 instead of "No data". metric -> (method that brings data, reason).
-PENDING_METHOD_SERIES: dict[str, tuple[str, str]] = {
-    "thinkscale_rebase_nodes_expanded": (
-        "rebase",
-        "histogram with a method label: no series until a REBASE request is observed",
-    ),
-    "thinkscale_rebase_depth": (
-        "rebase",
-        "histogram with a method label: no series until a REBASE request is observed",
-    ),
-    "thinkscale_rebase_leaves": (
-        "rebase",
-        "histogram with a method label: no series until a REBASE request is observed",
-    ),
-    "thinkscale_reward_calls": (
-        "rebase",
-        "counter labelled by reward_model, unknown before a PRM is scored: not pre-created",
-    ),
-    "thinkscale_queue_depth": (
-        "rebase",
-        "gauge set only by a method scheduler (REBASE expansions); not pre-created at zero",
-    ),
-}
+# `or vector(0)` to show 0 instead of "No data": metric family -> (method that brings data,
+# reason). Keep it short; the e2e test drops the fallback (and needs data) once that method is
+# in server.methods.METHODS, so an entry is removed together with its fallbacks when the method
+# lands. Empty now: REBASE (tree histograms, reward calls, queue depth) is served, and
+# Quiet-STaR's panels read series that every method exports (thought tokens, forward tokens
+# per output token). Example of an entry:
+#   "thinkscale_rebase_depth": ("rebase", "histogram with a method label: no series until a
+#                               REBASE request is observed"),
+PENDING_METHOD_SERIES: dict[str, tuple[str, str]] = {}
 
 FALLBACK = re.compile(r"\s+or\s+vector\(0\)\s*$")
 METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])(?:thinkscale_[A-Za-z0-9_]+|vllm:[A-Za-z0-9_:]+)")

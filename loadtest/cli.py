@@ -387,6 +387,8 @@ def cmd_export_bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Our progress bars are per method; `datasets`' "Generating split" bars are noise here.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "run")  # `python -m loadtest --limit 3` means `run --limit 3`
     args = build_parser().parse_args(argv)

@@ -141,7 +141,8 @@ def select(
         ds = ds.shuffle(seed=seed)
     start = min(offset, len(ds))
     stop = len(ds) if limit is None else min(len(ds), offset + limit)
-    return ds.select(range(start, max(start, stop)))
+    # `datasets` rejects an empty range that starts past the end; an empty list is fine.
+    return ds.select(range(start, stop) if stop > start else [])
 
 
 def to_problems(ds: Dataset, split: str) -> list[Problem]:

@@ -20,6 +20,7 @@ from vllm.inputs import TokensPrompt
 from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
 from server.config import Settings
 from server.flops import FlopsModel
 from server.usage import Component, UsageMeter
@@ -41,6 +42,10 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
     if settings.device == "cpu":
         # Without this, vLLM's CPU backend reserves most of the machine's RAM for KV cache.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
+    else:
+        # Our Quiet-STaR processor implements the V1 model-runner interface (the one vLLM
+        # always uses on CPU); pin it on GPU too, where Model Runner V2 is the default.
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
     return AsyncEngineArgs(
         model=model_path,
         served_model_name=[served_name(settings, model_path)],
@@ -55,6 +60,7 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         trust_remote_code=settings.trust_remote_code,
         seed=settings.seed,
         disable_log_stats=False,  # keeps vLLM's own vllm:* Prometheus series
+        logits_processors=[QUIET_STAR_PROCESSOR],
     )
 
 

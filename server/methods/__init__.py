@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from server.methods.base import Method
 from server.methods.baseline import Baseline
+from server.methods.quiet_star import QuietStar
 from server.methods.rebase import Rebase
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
     for cls in (
         Baseline,
+        QuietStar,
         Rebase,
     )
 }  # fmt: skip

@@ -155,8 +155,9 @@ class PolicyJudgeRewardModel(RewardModel):
         """(yes ids, no ids), looked up in the engine's tokenizer on first use."""
         if self._label_ids is None:
             tokenizer = self.engine.tokenizer
-            yes, no = single_token_ids(tokenizer, YES_SPELLINGS), single_token_ids(
-                tokenizer, NO_SPELLINGS
+            yes, no = (
+                single_token_ids(tokenizer, YES_SPELLINGS),
+                single_token_ids(tokenizer, NO_SPELLINGS),
             )
             if not yes or not no:
                 logger.warning(

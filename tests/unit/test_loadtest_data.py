@@ -32,9 +32,7 @@ def test_load_file_keeps_order_and_parses_references() -> None:
     assert [p.id for p in problems] == [f"test-{i}" for i in range(8)]
     assert problems[0].question.startswith("Janet")
     assert problems[0].reference == "18"
-    assert [p.reference for p in problems] == [
-        reference_answer(r["answer"]) for r in _raw()
-    ]
+    assert [p.reference for p in problems] == [reference_answer(r["answer"]) for r in _raw()]
 
 
 def test_folder_source_reads_the_split_file(tmp_path: Path) -> None:

@@ -17,9 +17,19 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 GOLDEN = FIXTURES / "loadtest_report.md"
 
 
-def _r(config: str, method: str, pid: str, correct: bool, latency: float, start: float,
-       executed: float, nominal: float, *, ttft: float | None = None,
-       error: str | None = None) -> Record:  # fmt: skip
+def _r(
+    config: str,
+    method: str,
+    pid: str,
+    correct: bool,
+    latency: float,
+    start: float,
+    executed: float,
+    nominal: float,
+    *,
+    ttft: float | None = None,
+    error: str | None = None,
+) -> Record:
     return Record(
         config=config,
         method=method,

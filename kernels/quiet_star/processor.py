@@ -1,0 +1,182 @@
+"""The Quiet-STaR logits processor (vLLM V1 model-runner interface).
+
+One engine request = one Quiet-STaR token. The request's step is the length of its output so
+far, which drives a small state machine per batch row:
+
+| step (phase)  | this row's logits become                                             |
+|---------------|----------------------------------------------------------------------|
+| start, 1st    | saved as the *base* distribution; forced to the thought-start token |
+| start, rest   | forced to the next token of a multi-token start delimiter           |
+| thought (t)   | scaled by the thought temperature; start/end/EOS banned             |
+| end           | forced to the thought-end token(s)                                  |
+| talk          | mix(base, post-thought), user temperature and top-p: the output     |
+
+A Quiet-STaR checkpoint has one start and one end token (t + 3 steps); other models may use
+multi-token delimiter strings (a few more steps).
+
+Robustness (why the bookkeeping below):
+* chunked prefill: a partially prefilled prompt also produces a row at step 0 whose sample is
+  thrown away; saving the base again at every step-0 call keeps the *last* one, which is the
+  real end of the prompt;
+* async scheduling: vLLM appends a placeholder (-1) for a token still being sampled, so the
+  output *length* is right even when its last value is not known yet; we only use the length;
+* preemption: a preempted request leaves the batch and comes back later (re-added with its
+  outputs); its base distribution is kept under the request's `key`, not its batch row;
+* batch changes: rows are removed, added, then moved/swapped, in that order (BatchUpdate).
+Rows of requests without Quiet-STaR arguments are never touched.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import (
+    BatchUpdate,
+    LogitsProcessor,
+    MoveDirectionality,
+)
+
+from kernels.quiet_star import tensor_ops
+from kernels.quiet_star.spec import QuietStarSpec
+
+# Bases of requests that left the batch unfinished (preempted or aborted), kept for their
+# return; bounded so aborted requests cannot leak memory.
+_MAX_PARKED_BASES = 256
+
+
+@dataclass
+class _Row:
+    spec: QuietStarSpec
+    output_ids: list[int]  # vLLM's live list: its length is the request's step
+
+
+class QuietStarLogitsProcessor(LogitsProcessor):
+    """Runs the Quiet-STaR step machine on every row that carries `extra_args["quiet_star"]`."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        spec = QuietStarSpec.from_extra_args(sampling_params.extra_args)
+        if spec is None:
+            return
+        if sampling_params.max_tokens is not None and sampling_params.max_tokens > spec.steps:
+            raise ValueError(f"a Quiet-STaR request runs at most {spec.steps} steps (t + 3)")
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
+        self.rows: dict[int, _Row] = {}
+        self.bases: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it forces tokens and mixes distributions: greedy results change
+
+    # -- batch bookkeeping ----------------------------------------------------------------
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self._drop_row(index)
+        for index, params, _prompt_ids, output_ids in batch_update.added:
+            self._drop_row(index)
+            spec = QuietStarSpec.from_extra_args(params.extra_args) if params else None
+            if spec is not None:
+                self.rows[index] = _Row(spec, output_ids)
+        for a, b, direction in batch_update.moved:
+            row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
+            if row_a is not None:
+                self.rows[b] = row_a
+            if direction == MoveDirectionality.SWAP and row_b is not None:
+                self.rows[a] = row_b
+
+    def _drop_row(self, index: int) -> None:
+        row = self.rows.pop(index, None)
+        if row is None:
+            return
+        if len(row.output_ids) >= row.spec.steps:  # finished: its talk token is out
+            self.bases.pop(row.spec.key, None)
+        else:  # preempted or aborted: park the base until it comes back (bounded)
+            while len(self.bases) > _MAX_PARKED_BASES:
+                self.bases.popitem(last=False)
+
+    # -- the step machine -------------------------------------------------------------------
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits
+        start, forced, thought, talk = [], [], [], []
+        forced_ids: list[int] = []
+        for index, row in self.rows.items():
+            if index >= logits.shape[0]:
+                continue
+            phase, offset = row.spec.phase(len(row.output_ids))
+            if phase == "start" and offset == 0:
+                start.append((index, row))
+            elif phase == "start":
+                forced.append((index, row))
+                forced_ids.append(row.spec.start_token_ids[offset])
+            elif phase == "thought":
+                thought.append((index, row))
+            elif phase == "end":
+                forced.append((index, row))
+                forced_ids.append(row.spec.end_token_ids[offset])
+            elif phase == "talk":
+                talk.append((index, row))
+        if talk:
+            self._talk(logits, talk)
+        if start:
+            self._start(logits, start)
+        if thought:
+            self._thought(logits, thought)
+        if forced:
+            self._force(logits, forced, forced_ids)
+        return logits
+
+    def _start(self, logits: torch.Tensor, rows: list[tuple[int, _Row]]) -> None:
+        idx = torch.tensor([i for i, _ in rows], device=logits.device)
+        base = torch.log_softmax(logits[idx], dim=-1)
+        for k, (_, row) in enumerate(rows):
+            self.bases[row.spec.key] = base[k].clone()  # last write wins (chunked prefill)
+            self.bases.move_to_end(row.spec.key)
+        self._force(logits, rows, [row.spec.start_token_ids[0] for _, row in rows])
+
+    def _thought(self, logits: torch.Tensor, rows: list[tuple[int, _Row]]) -> None:
+        idx = torch.tensor([i for i, _ in rows], device=logits.device)
+        width = max(len(row.spec.banned_token_ids) or 1 for _, row in rows)
+        banned = torch.tensor(
+            [_pad(row.spec.banned_token_ids or row.spec.start_token_ids, width) for _, row in rows],
+            device=logits.device,
+        )
+        temps = torch.tensor(
+            [row.spec.thought_temperature for _, row in rows], device=logits.device
+        )
+        logits[idx] = tensor_ops.thought_logits(logits[idx], temps, banned)
+
+    def _talk(self, logits: torch.Tensor, rows: list[tuple[int, _Row]]) -> None:
+        ready = [(i, row) for i, row in rows if row.spec.key in self.bases]
+        if not ready:
+            return
+        idx = torch.tensor([i for i, _ in ready], device=logits.device)
+        base = torch.stack([self.bases[row.spec.key] for _, row in ready]).to(logits.device)
+
+        def per_row(name: str) -> torch.Tensor:
+            values = [getattr(row.spec, name) for _, row in ready]
+            return torch.tensor(values, dtype=logits.dtype, device=logits.device)
+
+        logits[idx] = tensor_ops.talk_logits(
+            base,
+            logits[idx],
+            per_row("mixing_weight"),
+            per_row("temperature"),
+            per_row("top_p"),
+        )
+
+    @staticmethod
+    def _force(logits: torch.Tensor, rows: list[tuple[int, _Row]], token_ids: list[int]) -> None:
+        idx = torch.tensor([i for i, _ in rows], device=logits.device)
+        targets = torch.tensor(token_ids, device=logits.device)
+        logits[idx] = tensor_ops.force_tokens(logits[idx], targets)
+
+
+def _pad(ids: tuple[int, ...], width: int) -> list[int]:
+    """Repeat the last id so every row bans `width` ids (banning one twice is harmless)."""
+    return list(ids) + [ids[-1]] * (width - len(ids))

@@ -1,0 +1,81 @@
+"""Per-request Quiet-STaR arguments, as they travel in `SamplingParams.extra_args`.
+
+Why a plain dict with a schema here: the gateway builds it, the engine-core process reads it;
+both sides import this one module so the keys cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+EXTRA_ARGS_KEY = "quiet_star"
+
+
+@dataclass(frozen=True)
+class QuietStarSpec:
+    """One Quiet-STaR step: think `thought_tokens` tokens, then emit one mixed talk token."""
+
+    key: str  # unique per engine request: keys the saved base distribution across preemption
+    thought_tokens: int
+    mixing_weight: float
+    thought_temperature: float
+    temperature: float  # the user's, applied to the talk token (0 = greedy)
+    top_p: float
+    start_token_ids: tuple[int, ...]  # forced first (one token for a Quiet-STaR checkpoint)
+    end_token_ids: tuple[int, ...]  # forced after the thought
+    banned_token_ids: tuple[int, ...]  # never sampled inside a thought (start, end, EOS)
+
+    @property
+    def steps(self) -> int:
+        """Engine steps of one Quiet-STaR token: start, t thoughts, end, talk."""
+        return len(self.start_token_ids) + self.thought_tokens + len(self.end_token_ids) + 1
+
+    @property
+    def thought_steps(self) -> int:
+        """Tokens generated that the user never sees (start + thought + end)."""
+        return self.steps - 1
+
+    def phase(self, step: int) -> tuple[str, int]:
+        """What the request's `step`-th sampled token is: ("start"|"thought"|"end"|"talk"|
+        "done", offset within that phase)."""
+        s, t, e = len(self.start_token_ids), self.thought_tokens, len(self.end_token_ids)
+        if step < s:
+            return "start", step
+        if step < s + t:
+            return "thought", step - s
+        if step < s + t + e:
+            return "end", step - s - t
+        if step == s + t + e:
+            return "talk", 0
+        return "done", 0
+
+    def to_extra_args(self) -> dict:
+        data = asdict(self)
+        for name in ("start_token_ids", "end_token_ids", "banned_token_ids"):
+            data[name] = list(data[name])
+        return {EXTRA_ARGS_KEY: data}
+
+    @classmethod
+    def from_extra_args(cls, extra_args: dict | None) -> QuietStarSpec | None:
+        if not extra_args or EXTRA_ARGS_KEY not in extra_args:
+            return None
+        data = dict(extra_args[EXTRA_ARGS_KEY])
+        for name in ("start_token_ids", "end_token_ids", "banned_token_ids"):
+            data[name] = tuple(data.get(name, ()))
+        spec = cls(**data)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if not self.start_token_ids or not self.end_token_ids:
+            raise ValueError("quiet_star needs thought start and end tokens")
+        if self.thought_tokens < 0:
+            raise ValueError("quiet_star.thought_tokens must be >= 0")
+        if not 0.0 <= self.mixing_weight <= 1.0:
+            raise ValueError("quiet_star.mixing_weight must be in [0, 1]")
+        if self.thought_temperature <= 0:
+            raise ValueError("quiet_star.thought_temperature must be > 0")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p must be in (0, 1]")

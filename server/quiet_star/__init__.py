@@ -1,0 +1,1 @@
+"""Quiet-STaR decoding driven from the gateway: one engine request per output token."""

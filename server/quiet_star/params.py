@@ -1,0 +1,33 @@
+"""Request parameters of Quiet-STaR (`"quiet_star": {...}` in the request body), with bounds."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class QuietStarParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    thought_tokens: int = Field(
+        8, ge=0, le=64, description="Thought length t; each output token costs ~t + 3 steps."
+    )
+    mixing_weight: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="w in (1 - w) * base + w * post-thought; a learned head would predict it.",
+    )
+    thought_temperature: float = Field(1.0, gt=0.0, le=5.0)
+    think: Literal["every_token", "step_start"] = Field(
+        "every_token",
+        description="'every_token' is faithful to Quiet-STaR; 'step_start' thinks only for the "
+        "first token of each step (after `step_delimiter`) and decodes the rest plainly.",
+    )
+    step_delimiter: str = Field("\n", min_length=1, max_length=32)
+    start_token: str | None = Field(
+        None, max_length=64, description="Thought-start token or string; default: the model's."
+    )
+    end_token: str | None = Field(None, max_length=64)
+    return_thoughts: bool = Field(False, description="Return each token's thought text.")

@@ -1,0 +1,127 @@
+"""Option resolution: explicit option > preset > default; the seed protocol's exact settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.cli import build_parser, resolve_configs, resolve_data, resolve_settings
+from loadtest.protocols import SEED, SEED_CONFIGS
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["run", *argv])
+
+
+def resolved(*argv: str):
+    args = parse(*argv)
+    proto = SEED if args.protocol == "seed" else None
+    data = resolve_data(args, proto)
+    return data, resolve_configs(args, proto), resolve_settings(args, proto, data)
+
+
+def test_plain_defaults() -> None:
+    data, configs, settings = resolved("--data", "x.jsonl")
+    assert (data.split, data.limit, data.offset, data.shuffle, data.seed) == (
+        "test",
+        None,
+        0,
+        False,
+        0,
+    )
+    assert [(c.name, c.method, c.body) for c in configs] == [("baseline", "baseline", {})]
+    assert (settings.max_tokens, settings.temperature, settings.n) == (256, 0.0, 1)
+    assert (settings.concurrency, settings.rate) == (8, None)
+    assert (settings.answer_suffix, settings.extractor, settings.protocol) == (None, "auto", None)
+
+
+def test_methods_and_params() -> None:
+    _, configs, settings = resolved(
+        "--methods",
+        "baseline,rebase,wide",
+        "--method-params",
+        '{"rebase": {"rebase": {"width": 8}}, '
+        '"wide": {"method": "rebase", "rebase": {"width": 32}, "n": 1}}',
+        "--n",
+        "4",
+        "--rate",
+        "2.5",
+        "--answer-suffix",
+        " So",
+    )
+    assert [(c.name, c.method, c.body) for c in configs] == [
+        ("baseline", "baseline", {}),
+        ("rebase", "rebase", {"rebase": {"width": 8}}),
+        ("wide", "rebase", {"rebase": {"width": 32}, "n": 1}),
+    ]
+    assert (settings.n, settings.rate, settings.concurrency) == (4, 2.5, None)
+    assert settings.extractor == "first_integer"  # the answer pass ends in a bare number
+
+
+def test_unknown_params_are_an_error() -> None:
+    with pytest.raises(SystemExit, match="not run: rebase"):
+        resolved("--methods", "baseline", "--method-params", '{"rebase": {}}')
+    with pytest.raises(SystemExit, match="JSON object"):
+        resolved("--method-params", '{"baseline": 3}')
+
+
+def test_seed_protocol() -> None:
+    data, configs, settings = resolved("--protocol", "seed")
+    assert (data.split, data.shuffle, data.seed, data.limit, data.offset) == (
+        "test",
+        True,
+        42,
+        128,
+        0,
+    )
+    assert settings.temperature == 1.0
+    assert settings.max_tokens == 384
+    assert settings.answer_suffix == "\nTherefore, the answer (arabic numerals) is"
+    assert settings.answer_max_tokens == 12
+    assert settings.extractor == "first_integer"
+    assert (settings.concurrency, settings.protocol) == (1, "seed")
+    by_name = {c.name: c for c in configs}
+    assert list(by_name) == list(SEED_CONFIGS)
+    assert by_name["baseline"].body == {"n": 8}
+    assert by_name["quiet_star"].body == {"n": 8}
+    for width in (3, 6, 16):
+        c = by_name[f"rebase w={width}"]
+        assert c.method == "rebase" and c.answer_method == "baseline"
+        assert c.body == {
+            "rebase": {
+                "width": width,
+                "max_step_tokens": 96,
+                "balance_temperature": 0.2,
+                "step_format": "step_k",
+            }
+        }
+    assert by_name["quiet_star+rebase"].method == "quiet_star+rebase"
+
+
+def test_explicit_options_beat_the_preset() -> None:
+    data, configs, settings = resolved(
+        "--protocol",
+        "seed",
+        "--methods",
+        "baseline,rebase",
+        "--limit",
+        "3",
+        "--n",
+        "2",
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0.5",
+        "--concurrency",
+        "4",
+        "--method-params",
+        '{"rebase w=3": {"rebase": {"width": 4}}}',
+    )
+    assert data.limit == 3 and data.seed == 42
+    assert [c.name for c in configs] == ["baseline", "rebase w=3", "rebase w=6", "rebase w=16"]
+    assert configs[0].body == {"n": 2}
+    assert configs[1].body["rebase"]["width"] == 4
+    assert configs[1].body["rebase"]["max_step_tokens"] == 96  # merged, not replaced
+    assert (settings.max_tokens, settings.temperature, settings.concurrency) == (16, 0.5, 4)
+    assert settings.n == 1  # REBASE keeps one answer per request
+    with pytest.raises(SystemExit, match="not a config of the seed protocol"):
+        resolved("--protocol", "seed", "--methods", "beam")

@@ -1,0 +1,165 @@
+"""The Quiet-STaR state machine and tensor math, driven the way vLLM drives them (no engine)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+from kernels.quiet_star import tensor_ops
+from kernels.quiet_star.processor import QuietStarLogitsProcessor
+from kernels.quiet_star.spec import QuietStarSpec
+
+VOCAB = 16
+START, END, EOS = 13, 14, 15
+
+
+def spec(key: str = "r", t: int = 2, **kw) -> QuietStarSpec:
+    values = dict(
+        key=key,
+        thought_tokens=t,
+        mixing_weight=0.5,
+        thought_temperature=1.0,
+        temperature=0.0,
+        top_p=1.0,
+        start_token_ids=(START,),
+        end_token_ids=(END,),
+        banned_token_ids=(START, END, EOS),
+    )
+    values.update(kw)
+    return QuietStarSpec(**values)
+
+
+def params(s: QuietStarSpec | None) -> SamplingParams:
+    return SamplingParams(max_tokens=8, extra_args=s.to_extra_args() if s else None)
+
+
+def add(proc, *rows, size=None) -> None:
+    proc.update_state(BatchUpdate(size or len(rows), removed=[], added=list(rows), moved=[]))
+
+
+def make() -> QuietStarLogitsProcessor:
+    return QuietStarLogitsProcessor(None, torch.device("cpu"), False)
+
+
+def only_allowed(row: torch.Tensor) -> list[int]:
+    return torch.nonzero(torch.isfinite(row)).flatten().tolist()
+
+
+def test_state_machine_forces_start_thinks_forces_end_then_mixes() -> None:
+    proc = make()
+    out: list[int] = []
+    add(proc, (0, params(spec()), [1, 2], out))
+    torch.manual_seed(0)
+    base_logits = torch.randn(1, VOCAB)
+    row = proc.apply(base_logits.clone())
+    assert only_allowed(row[0]) == [START]  # step 0: forced start, base saved
+    out.append(START)
+    thought = proc.apply(torch.zeros(1, VOCAB))
+    assert not any(torch.isfinite(thought[0, [START, END, EOS]]))  # banned inside a thought
+    out += [3, 4]  # t = 2 thought tokens
+    assert only_allowed(proc.apply(torch.zeros(1, VOCAB))[0]) == [END]
+    out.append(END)
+    post_logits = torch.randn(1, VOCAB)
+    talk = proc.apply(post_logits.clone())
+    mixed = 0.5 * base_logits.log_softmax(-1) + 0.5 * post_logits.log_softmax(-1)
+    assert only_allowed(talk[0]) == [int(mixed.argmax())]  # greedy talk token
+
+
+def test_rows_without_arguments_are_untouched() -> None:
+    proc = make()
+    add(proc, (0, params(None), [1], []), (1, params(spec()), [1], []))
+    logits = torch.randn(2, VOCAB)
+    before = logits.clone()
+    after = proc.apply(logits)
+    assert torch.equal(after[0], before[0])
+    assert only_allowed(after[1]) == [START]
+
+
+def test_chunked_prefill_keeps_the_last_base() -> None:
+    proc = make()
+    out: list[int] = []
+    add(proc, (0, params(spec(t=0, mixing_weight=0.0)), [1], out))
+    proc.apply(torch.randn(1, VOCAB))  # a partial prefill chunk: sample discarded
+    final = torch.randn(1, VOCAB)
+    proc.apply(final.clone())  # the real end of the prompt
+    out += [START, END]
+    talk = proc.apply(torch.randn(1, VOCAB))
+    assert only_allowed(talk[0]) == [int(final.argmax())]  # w = 0: the base alone decides
+
+
+def test_preempted_request_keeps_its_base_when_re_added_elsewhere() -> None:
+    proc = make()
+    out: list[int] = []
+    s = spec(t=1, mixing_weight=0.0)
+    add(proc, (2, params(s), [1], out), size=3)
+    base = torch.randn(3, VOCAB)
+    proc.apply(base.clone())
+    out += [START, 5]
+    proc.update_state(BatchUpdate(3, removed=[2], added=[], moved=[]))  # preempted
+    add(proc, (0, params(s), [1], out), size=1)  # resumed in another row
+    out_end = proc.apply(torch.randn(1, VOCAB))
+    assert only_allowed(out_end[0]) == [END]
+    out.append(END)
+    talk = proc.apply(torch.randn(1, VOCAB))
+    assert only_allowed(talk[0]) == [int(base[2].argmax())]
+
+
+def test_moves_and_swaps_follow_their_requests() -> None:
+    proc = make()
+    a_out: list[int] = [START]  # a is thinking
+    b_out: list[int] = []  # b is at step 0
+    add(proc, (0, params(spec("a")), [1], a_out), (1, params(spec("b")), [1], b_out))
+    proc.update_state(BatchUpdate(2, removed=[], added=[], moved=[(0, 1, MoveDirectionality.SWAP)]))
+    logits = proc.apply(torch.zeros(2, VOCAB))
+    assert only_allowed(logits[0]) == [START]  # b now in row 0
+    assert not torch.isfinite(logits[1, START])  # a (thinking) now in row 1
+    proc.update_state(
+        BatchUpdate(1, removed=[0], added=[], moved=[(1, 0, MoveDirectionality.UNIDIRECTIONAL)])
+    )
+    assert set(proc.rows) == {0} and proc.rows[0].spec.key == "a"
+
+
+def test_multi_token_delimiters_are_forced_in_order() -> None:
+    proc = make()
+    out: list[int] = []
+    s = spec(t=0, start_token_ids=(7, 8), end_token_ids=(9, 10))
+    add(proc, (0, params(s), [1], out))
+    forced = []
+    for _ in range(4):
+        forced.append(only_allowed(proc.apply(torch.zeros(1, VOCAB))[0]))
+        out.append(forced[-1][0])
+    assert forced == [[7], [8], [9], [10]]
+    assert s.steps == 5
+
+
+def test_validate_rejects_max_tokens_beyond_the_step_count() -> None:
+    with pytest.raises(ValueError):
+        QuietStarLogitsProcessor.validate_params(
+            SamplingParams(max_tokens=50, extra_args=spec().to_extra_args())
+        )
+
+
+def test_talk_logits_temperature_and_top_p() -> None:
+    base = torch.tensor([[0.0, -1.0, -2.0, -8.0]]).log_softmax(-1)
+    post = torch.tensor([[0.0, -1.0, -2.0, -8.0]])
+    out = tensor_ops.talk_logits(
+        base, post, torch.tensor([0.5]), torch.tensor([0.5]), torch.tensor([0.9])
+    )
+    probs = out.softmax(-1)[0]
+    mixed = base  # both distributions equal: the mix is the same distribution
+    expected = (mixed / 0.5).softmax(-1)[0]
+    # At T=0.5 the probabilities are ~[0.867, 0.117, 0.016, 0]: top-p 0.9 keeps two tokens.
+    assert torch.isinf(out[0, 2]) and torch.isinf(out[0, 3])
+    kept = expected[:2] / expected[:2].sum()
+    assert torch.allclose(probs[:2], kept, atol=1e-6)
+
+
+def test_mixing_in_logprob_space_equals_logit_space_mix() -> None:
+    torch.manual_seed(1)
+    a, b = torch.randn(3, 50), torch.randn(3, 50)
+    w = torch.tensor([0.2, 0.5, 0.9])
+    ours = tensor_ops.talk_logits(a.log_softmax(-1), b, w, torch.ones(3), torch.ones(3)).softmax(-1)
+    original = ((1 - w.view(-1, 1)) * a + w.view(-1, 1) * b).softmax(-1)
+    assert torch.allclose(ours, original, atol=1e-6)
