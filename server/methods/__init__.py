@@ -8,6 +8,7 @@ from __future__ import annotations
 from server.methods.base import Method
 from server.methods.baseline import Baseline
 from server.methods.quiet_star import QuietStar
+from server.methods.quiet_star_rebase import QuietStarRebase
 from server.methods.rebase import Rebase
 
 METHODS: dict[str, type[Method]] = {
@@ -16,6 +17,7 @@ METHODS: dict[str, type[Method]] = {
         Baseline,
         QuietStar,
         Rebase,
+        QuietStarRebase,
     )
 }  # fmt: skip
 

@@ -64,7 +64,7 @@ class QuietStar(Method):
                     break
                 delta = text.add(piece.token_ids)
                 produced += len(piece.token_ids)
-                if delta.stopped_by is not None:
+                if delta.stopped_by is not None or piece.eos:
                     yield ChoiceDelta(index, delta.text, token_ids=piece.token_ids)
                     finish = "stop"
                     break

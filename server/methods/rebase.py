@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -49,6 +50,32 @@ class Rebase(Method):
     def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
         return merge_streams([self._search(ctx, inp, i) for i in range(inp.n)])
 
+    async def generate_step(
+        self,
+        ctx: MethodContext,
+        inp: MethodInput,
+        prompt: list[int],
+        *,
+        max_tokens: int,
+        stops: list[str],
+        seed: int | None,
+    ) -> GeneratedStep:
+        """One step: plain sampling up to a stop string (kept in the text) or `max_tokens`.
+        Subclasses decode steps differently (quiet_star+rebase thinks)."""
+        params = inp.sampling.to_vllm(
+            max_tokens=max_tokens,
+            stop=stops,
+            include_stop_str_in_output=True,
+            seed=seed,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            logprobs=None,
+        )
+        final = None
+        async for output in ctx.engine.generate(prompt, params, ctx.meter):
+            final = output
+        out = final.outputs[0]
+        return GeneratedStep(list(out.token_ids), out.text, out.finish_reason, out.stop_reason)
+
     async def _search(
         self, ctx: MethodContext, inp: MethodInput, index: int
     ) -> AsyncIterator[ChoiceDelta]:
@@ -56,6 +83,14 @@ class Rebase(Method):
         tree = _Tree(self, ctx, inp, params, tree_id=f"{ctx.request_id}-{index}", index=index)
         result = await rebase_search(tree.root, params, tree.expand, tree.score)
         yield tree.answer(result)
+
+
+@dataclass
+class GeneratedStep:
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None  # vLLM's: "stop" (EOS or a stop string) or "length"
+    stop_reason: int | str | None  # the stop string that matched; None for EOS
 
 
 class _Tree:
@@ -93,39 +128,34 @@ class _Tree:
     async def _generate_step(self, node: Node, seed: int) -> Node:
         depth = node.depth + 1
         remaining = self.inp.sampling.max_tokens - node.path_tokens
-        params = self.inp.sampling.to_vllm(
-            max_tokens=max(1, min(self.params.max_step_tokens, remaining)),
-            stop=self.format.stop_strings(depth),
-            include_stop_str_in_output=True,
-            seed=seed if self.inp.sampling.seed is not None else None,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-            logprobs=None,
-        )
         prompt = self.inp.prompt_token_ids + self.root.token_ids + node.path_token_ids()
-
-        async def job():
-            final = None
-            async for output in self.ctx.engine.generate(prompt, params, self.ctx.meter):
-                final = output
-            return final.outputs[0]
-
-        out = await self.scheduler.run(self.tree_id, job)
-        token_ids = list(out.token_ids)
-        self.tree_tokens += len(token_ids)
+        step = await self.scheduler.run(
+            self.tree_id,
+            lambda: self.method.generate_step(
+                self.ctx,
+                self.inp,
+                prompt,
+                max_tokens=max(1, min(self.params.max_step_tokens, remaining)),
+                stops=self.format.stop_strings(depth),
+                seed=seed if self.inp.sampling.seed is not None else None,
+            ),
+        )
+        self.tree_tokens += len(step.token_ids)
+        path_tokens = node.path_tokens + len(step.token_ids)
         child = Node(
-            token_ids=token_ids,
-            text=out.text,
-            step_text=self.format.step_text(out.text, depth),
+            token_ids=step.token_ids,
+            text=step.text,
+            step_text=self.format.step_text(step.text, depth),
             end=self.format.classify(
-                text=out.text,
-                finish_reason=out.finish_reason,
-                stop_reason=out.stop_reason,
-                path_tokens=node.path_tokens + len(token_ids),
+                text=step.text,
+                finish_reason=step.finish_reason,
+                stop_reason=step.stop_reason,
+                path_tokens=path_tokens,
                 max_path_tokens=self.inp.sampling.max_tokens,
             ),
             parent=node,
             depth=depth,
-            path_tokens=node.path_tokens + len(token_ids),
+            path_tokens=path_tokens,
         )
         node.children.append(child)
         return child

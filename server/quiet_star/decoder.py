@@ -31,6 +31,8 @@ class Piece:
     token_ids: list[int]
     thoughts: list[list[int]] = field(default_factory=list)
     steps: list[list[int]] = field(default_factory=list)  # every token each engine call made
+    eos: bool = False  # the sequence ended here (EOS or a stop token) in a plain segment
+    step_end: bool = False  # a plain segment ended at one of the step-ending strings
 
 
 class QuietStarDecoder:
@@ -92,11 +94,13 @@ class QuietStarDecoder:
         s = len(spec.start_token_ids)
         return Piece([tokens[-1]], [tokens[s : s + spec.thought_tokens]], [tokens])
 
-    async def plain(self, context_ids: list[int], max_tokens: int) -> AsyncIterator[Piece]:
+    async def plain(
+        self, context_ids: list[int], max_tokens: int, stops: list[str]
+    ) -> AsyncIterator[Piece]:
         """Plain decoding to the end of the current step (the cheaper `step_start` mode)."""
         params = self.sampling.to_vllm(
             max_tokens=max_tokens,
-            stop=[self.params.step_delimiter],
+            stop=stops,
             include_stop_str_in_output=True,
             seed=self._seed(),
             logprobs=None,
@@ -104,15 +108,23 @@ class QuietStarDecoder:
         )
         self.engine_calls += 1
         async for output in self.ctx.engine.generate(context_ids, params, self.ctx.meter):
-            ids = list(output.outputs[0].token_ids)
-            if ids:
-                yield Piece(ids)
+            completion = output.outputs[0]
+            ended = completion.finish_reason == "stop" and not isinstance(
+                completion.stop_reason, str
+            )
+            ids = list(completion.token_ids)
+            step_end = isinstance(completion.stop_reason, str)
+            if ids or ended or step_end:
+                yield Piece(ids, eos=ended, step_end=step_end)
 
-    async def tokens(self, prompt_ids: list[int], max_tokens: int) -> AsyncIterator[Piece]:
+    async def tokens(
+        self, prompt_ids: list[int], max_tokens: int, step_ends: list[str] | None = None
+    ) -> AsyncIterator[Piece]:
         """Visible tokens, up to `max_tokens`; the caller stops early on EOS or stop strings
-        (closing this generator aborts the engine request in flight)."""
+        (closing this generator aborts the engine request in flight). In `step_start` mode a
+        step ends at any of `step_ends` (default: the `step_delimiter` parameter)."""
         visible: list[int] = []
-        delimiter = self.params.step_delimiter
+        step_ends = step_ends or [self.params.step_delimiter]
         tokenizer = self.ctx.engine.tokenizer
         at_step_start = True
         while len(visible) < max_tokens:
@@ -120,9 +132,13 @@ class QuietStarDecoder:
                 piece = await self.think_one(prompt_ids + visible)
                 visible += piece.token_ids
                 yield piece
-                at_step_start = tokenizer.decode(piece.token_ids).endswith(delimiter)
+                text = tokenizer.decode(piece.token_ids)
+                at_step_start = any(text.endswith(end) for end in step_ends)
                 continue
-            async for piece in self.plain(prompt_ids + visible, max_tokens - len(visible)):
+            remaining = max_tokens - len(visible)
+            async for piece in self.plain(prompt_ids + visible, remaining, step_ends):
                 visible += piece.token_ids
                 yield piece
+                if piece.eos:
+                    return
             at_step_start = True

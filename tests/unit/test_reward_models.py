@@ -172,7 +172,7 @@ def test_judge_prompt_ends_with_the_question_to_answer() -> None:
 
 
 def judge_by_last_line(text: str) -> dict[int, float]:
-    """A fake judge that likes steps containing "good": P(Yes) 0.8 vs 0.2 (split across spellings)."""
+    """A fake judge that likes "good" steps: P(Yes) 0.8 vs 0.2, split across spellings."""
     last_step = text.split("\n")[-3]
     if "good" in last_step:
         return {1: lp(0.5), 2: lp(0.3), 3: lp(0.15), 4: lp(0.05)}
@@ -457,7 +457,7 @@ async def test_prm_maps_tag_positions_to_step_scores_and_charges_prefill() -> No
     assert scores[1] == [pytest.approx(sig), pytest.approx(0.2689414213699951), 0.5]
     assert scores[2] == []
     assert len(llm.requests) == 2  # an empty path costs nothing
-    ids, params = llm.requests[0]
+    _, params = llm.requests[0]
     assert params.task == "token_classify" and params.use_activation is False
     assert params.step_tag_id == TAG
     cost = meter.component("reward")

@@ -1,0 +1,71 @@
+"""`quiet_star+rebase`: REBASE whose step expansions are decoded with Quiet-STaR.
+
+The combination studied in "Inference Scaling vs Reasoning" (AbdElhameed & Halim 2024). Each
+tree node is one step decoded by the Quiet-STaR loop: thinking before every token (faithful,
+`quiet_star.think = "every_token"`) or only before the first token of each step, the rest
+decoded plainly (`"step_start"`, much cheaper). Both parameter blocks apply.
+"""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import ClassVar
+
+from pydantic import BaseModel
+
+from server.detokenize import IncrementalText
+from server.engine import Engine
+from server.methods.base import MethodContext, MethodInput
+from server.methods.rebase import GeneratedStep, Rebase
+from server.quiet_star.decoder import QuietStarDecoder
+from server.quiet_star.delimiters import resolve_delimiters
+from server.quiet_star.params import QuietStarParams
+from server.rebase.params import RebaseParams
+
+
+class QuietStarRebase(Rebase):
+    name = "quiet_star+rebase"
+    parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {
+        "rebase": RebaseParams,
+        "quiet_star": QuietStarParams,
+    }
+
+    def check(self, inp: MethodInput, engine: Engine) -> None:
+        super().check(inp, engine)
+        params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
+        resolve_delimiters(engine.tokenizer, params.start_token, params.end_token)
+
+    async def generate_step(
+        self,
+        ctx: MethodContext,
+        inp: MethodInput,
+        prompt: list[int],
+        *,
+        max_tokens: int,
+        stops: list[str],
+        seed: int | None,
+    ) -> GeneratedStep:
+        params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
+        decoder = QuietStarDecoder(ctx, params, inp.sampling, seed_base=seed or 0)
+        text = IncrementalText(ctx.engine.tokenizer, stops)
+        eos = ctx.engine.eos_token_id
+        token_ids: list[int] = []
+        finish, stop_reason = "length", None
+        async with aclosing(decoder.tokens(prompt, max_tokens, step_ends=stops)) as stream:
+            async for piece in stream:
+                if eos is not None and eos in piece.token_ids:
+                    token_ids += piece.token_ids[: piece.token_ids.index(eos) + 1]
+                    finish = "stop"
+                    break
+                if piece.eos:
+                    token_ids += piece.token_ids
+                    finish = "stop"
+                    break
+                token_ids += piece.token_ids
+                if text.add(piece.token_ids).stopped_by is not None:
+                    finish, stop_reason = "stop", text.stopped_by
+                    break
+                if piece.step_end:  # vLLM saw the step end (its detokenizer has context)
+                    finish, stop_reason = "stop", stops[0]
+                    break
+        return GeneratedStep(token_ids, ctx.engine.decode(token_ids), finish, stop_reason)
