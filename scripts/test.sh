@@ -20,6 +20,7 @@ fi
 
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
+"$VENV/bin/hadolint" Dockerfile
 
 if [[ $# -eq 0 ]]; then
   set -- -m "not slow"

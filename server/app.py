@@ -22,6 +22,7 @@ from server.api.serving import CompletionService
 from server.config import Settings, resolve_hardware_defaults
 from server.engine import Engine
 from server.methods import method_names
+from server.rewards.vllm_prm import VllmProcessRewardModel, prm_config_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(starter, return_exceptions=True)
             service: CompletionService | None = getattr(app.state, "service", None)
             if service is not None:
+                prm = service.shared.get("vllm_prm")
+                if prm is not None:
+                    prm.shutdown()
                 service.engine.shutdown()
 
     app = FastAPI(title="thinkscale", version="0.1.0", lifespan=lifespan)
@@ -61,7 +65,20 @@ async def _start_engine(app: FastAPI, settings: Settings) -> None:
         logger.exception("engine failed to start; shutting the gateway down")
         os.kill(os.getpid(), signal.SIGTERM)
         return
-    app.state.service = CompletionService(engine, settings)
+    service = CompletionService(engine, settings)
+    prm_config = prm_config_from_settings(settings)
+    if prm_config is not None:
+        # A model PRM (REBASE's `vllm_prm`): a second vLLM engine in pooling mode.
+        prm = VllmProcessRewardModel(prm_config)
+        try:
+            await asyncio.to_thread(prm.start)
+        except Exception:
+            logger.exception("PRM engine failed to start; shutting the gateway down")
+            engine.shutdown()
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        service.shared["vllm_prm"] = prm
+    app.state.service = service
     logger.info(
         "engine ready: serving %s (max_model_len %d)", engine.model_name, engine.max_model_len
     )

@@ -116,6 +116,7 @@ def init_method_series(methods: list[str]) -> None:
         for status in ("ok", "client_error", "server_error", "cancelled", "timeout", "rejected"):
             REQUESTS.labels(method=method, status=status)
         IN_FLIGHT.labels(method=method)
+        QUEUE_DEPTH.labels(method=method)
         for component in ("policy", "reward"):
             for accounting in ("executed", "nominal"):
                 FLOPS.labels(method=method, component=component, accounting=accounting)

@@ -139,6 +139,7 @@ class _Tree:
                 stops=self.format.stop_strings(depth),
                 seed=seed if self.inp.sampling.seed is not None else None,
             ),
+            self.method.name,
         )
         self.tree_tokens += len(step.token_ids)
         path_tokens = node.path_tokens + len(step.token_ids)
@@ -167,7 +168,7 @@ class _Tree:
         async def job():
             return await self.reward.score(self.inp.prompt_text, steps_batch, meter=self.ctx.meter)
 
-        scores = await self.scheduler.run(self.tree_id, job)
+        scores = await self.scheduler.run(self.tree_id, job, self.method.name)
         self.reward_calls += 1
         metrics.REWARD_CALLS.labels(self.method.name, self.reward.name).inc()
         for node, path_scores in zip(nodes, scores, strict=True):
@@ -228,7 +229,9 @@ def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
         if ctx.settings.rebase_scheduler == "direct":
             scheduler = DirectScheduler()
         else:
-            gauge = metrics.QUEUE_DEPTH.labels("rebase")
-            scheduler = ExpansionScheduler(ctx.settings.rebase_max_in_flight, gauge.set)
+            scheduler = ExpansionScheduler(
+                ctx.settings.rebase_max_in_flight,
+                lambda method, queued: metrics.QUEUE_DEPTH.labels(method).set(queued),
+            )
         ctx.shared["rebase_scheduler"] = scheduler
     return scheduler

@@ -27,6 +27,7 @@ T = TypeVar("T")
 class _Ticket:
     tree: str
     seq: int
+    label: str
     granted: asyncio.Future = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -35,7 +36,9 @@ class _Ticket:
 class ExpansionScheduler:
     """Bounded, fair admission of engine jobs from many trees."""
 
-    def __init__(self, max_in_flight: int, on_queue_change: Callable[[int], None] | None = None):
+    def __init__(
+        self, max_in_flight: int, on_queue_change: Callable[[str, int], None] | None = None
+    ):
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         self.max_in_flight = max_in_flight
@@ -43,7 +46,8 @@ class ExpansionScheduler:
         self._running: dict[str, int] = {}
         self._in_flight = 0
         self._seq = itertools.count()
-        self._on_queue_change = on_queue_change
+        self._on_queue_change = on_queue_change  # (label, jobs queued under that label)
+        self._queued_by_label: dict[str, int] = {}
 
     @property
     def in_flight(self) -> int:
@@ -53,10 +57,12 @@ class ExpansionScheduler:
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
-    async def run(self, tree: str, job: Callable[[], Awaitable[T]]) -> T:
-        """Wait for a slot (fairly), then run `job()` in this task and free the slot."""
-        ticket = _Ticket(tree, next(self._seq))
+    async def run(self, tree: str, job: Callable[[], Awaitable[T]], label: str = "") -> T:
+        """Wait for a slot (fairly), then run `job()` in this task and free the slot.
+        `label` (e.g. the method) only groups the queue-depth reports."""
+        ticket = _Ticket(tree, next(self._seq), label)
         self._queues.setdefault(tree, deque()).append(ticket)
+        self._count(label, +1)
         self._dispatch()
         try:
             await ticket.granted
@@ -81,8 +87,8 @@ class ExpansionScheduler:
                 del self._queues[ticket.tree]
             self._in_flight += 1
             self._running[ticket.tree] = self._running.get(ticket.tree, 0) + 1
+            self._count(ticket.label, -1)
             ticket.granted.set_result(None)
-        self._notify()
 
     def _next_ticket(self) -> _Ticket | None:
         """The head of the queue whose tree runs fewest jobs; ties: the oldest job."""
@@ -110,11 +116,13 @@ class ExpansionScheduler:
             queue.remove(ticket)
             if not queue:
                 del self._queues[ticket.tree]
-        self._notify()
+            self._count(ticket.label, -1)
 
-    def _notify(self) -> None:
+    def _count(self, label: str, change: int) -> None:
+        count = self._queued_by_label.get(label, 0) + change
+        self._queued_by_label[label] = count
         if self._on_queue_change is not None:
-            self._on_queue_change(self.queued)
+            self._on_queue_change(label, count)
 
 
 class DirectScheduler:
@@ -125,5 +133,5 @@ class DirectScheduler:
     in_flight = 0
     queued = 0
 
-    async def run(self, tree: str, job: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, tree: str, job: Callable[[], Awaitable[T]], label: str = "") -> T:
         return await job()
