@@ -52,7 +52,7 @@ class Gateway:
 
 
 def start_gateway(
-    model_dir: Path, log_path: Path, *extra_args: str, timeout: float = 240
+    model_dir: Path, log_path: Path, *extra_args: str, timeout: float = 600
 ) -> Gateway:
     """Start the gateway on a free port and wait until /health says ok."""
     port = free_port()

@@ -7,9 +7,16 @@ here, per row). Forcing a token = a row that is -inf everywhere but that token.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 NEG_INF = float("-inf")
+
+
+def use_triton() -> bool:
+    """The fused Triton mix is opt-in (`THINKSCALE_QUIET_STAR_KERNEL=triton`)."""
+    return os.environ.get("THINKSCALE_QUIET_STAR_KERNEL", "torch") == "triton"
 
 
 def force_tokens(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -43,11 +50,17 @@ def talk_logits(
     two heads up to a per-row constant, so it defines the same distribution. Rows with
     temperature 0 become one-hot at the argmax of the mix (greedy). All per-row tensors: [rows].
     """
-    w = mixing_weight.view(-1, 1)
-    mixed = (1.0 - w) * base_logprobs + w * torch.log_softmax(post_logits, dim=-1)
     greedy = temperature <= 0
-    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature).view(-1, 1)
-    scaled = mixed / safe_t
+    if use_triton():
+        from kernels.quiet_star.triton_mix import fused_mix
+
+        scaled = fused_mix(base_logprobs, post_logits, mixing_weight, temperature)
+        mixed = scaled  # greedy rows are left unscaled by the kernel: same argmax
+    else:
+        w = mixing_weight.view(-1, 1)
+        mixed = (1.0 - w) * base_logprobs + w * torch.log_softmax(post_logits, dim=-1)
+        safe_t = torch.where(greedy, torch.ones_like(temperature), temperature).view(-1, 1)
+        scaled = mixed / safe_t
     scaled = apply_top_p(scaled, top_p)
     if bool(greedy.any()):
         one_hot = torch.full_like(scaled, NEG_INF)

@@ -8,6 +8,7 @@ also mirror the gateway's engine settings exactly when they start ``vllm serve``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -57,14 +58,23 @@ class ServerProcess:
     extra: dict[str, str] = field(default_factory=dict)
 
     def stop(self, timeout: float = 60) -> None:
-        """SIGTERM (both servers shut their engine core down on it), SIGKILL if stuck."""
+        """SIGTERM to the server's own process group, SIGKILL if stuck.
+
+        The server runs in a session of its own (``start_new_session``), so the group holds
+        exactly it and its children: vLLM's engine core and worker processes, which would
+        otherwise outlive a server that is killed while the engine is still starting."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal_group(signal.SIGKILL)
                 self.process.wait()
+        self._signal_group(signal.SIGKILL)  # stragglers of a server that already exited
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -114,14 +124,36 @@ def start_server(
     env: dict[str, str],
     log_path: Path,
     port: int,
-    timeout: float = 400,
+    timeout: float = 240,
+    attempts: int = 2,
 ) -> ServerProcess:
-    """Start ``command`` and wait until ``/health`` answers 200 (the gateway says 503 first)."""
+    """Start ``command`` and wait until ``/health`` answers 200; one retry if it hangs.
+
+    Why a retry: on the shared 2-core machine an engine start has been seen to stall for
+    minutes in worker initialisation while other engines started; a second attempt has not."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_once(kind, command, env, log_path, port, timeout)
+        except RuntimeError as exc:
+            if attempt == attempts:
+                raise
+            print(f"{kind}: start attempt {attempt} failed, retrying: {str(exc)[:200]}", flush=True)
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    kind: str, command: list[str], env: dict[str, str], log_path: Path, port: int, timeout: float
+) -> ServerProcess:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("w")
     started = time.monotonic()
     process = subprocess.Popen(
-        command, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        command,
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     server = ServerProcess(kind, f"http://127.0.0.1:{port}", process, log_path, command)
     deadline = started + timeout

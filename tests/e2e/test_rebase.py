@@ -91,7 +91,8 @@ def test_disconnected_client_leaves_no_engine_work(gateway, http) -> None:
     before = scrape(http)
     big = rebase_body(
         max_tokens=600,
-        rebase={"width": 16, "max_step_tokens": 2, "step_delimiter": "@@", "max_depth": 64},
+        # ~1000 engine calls: far longer than the client waits.
+        rebase={"width": 16, "max_step_tokens": 8, "step_delimiter": "@@", "max_depth": 64},
     )
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{gateway.url}/v1/completions", json=big, timeout=1.5)

@@ -333,8 +333,11 @@ def test_label_ids_fall_back_to_each_label_alone() -> None:
 # --- vllm_prm: the engine configuration ----------------------------------------------------------
 
 
-def test_math_shepherd_engine_args_convert_the_lm_head_to_a_two_label_classifier() -> None:
-    config = VllmPrmConfig(model="peiyi9979/math-shepherd-mistral-7b-prm", block_size=16)
+def test_math_shepherd_engine_args_convert_the_lm_head_to_a_two_label_classifier(
+    tiny_model_dir,
+) -> None:
+    # A local folder stands in for the hub id: building engine args must not need a network.
+    config = VllmPrmConfig(model=str(tiny_model_dir), block_size=16)
     args = build_prm_engine_args(config, 12902, ["▁+", "▁-"])
     assert args.runner == "pooling"
     assert args.convert == "classify"
@@ -351,8 +354,8 @@ def test_math_shepherd_engine_args_convert_the_lm_head_to_a_two_label_classifier
         build_prm_engine_args(config, 12902, None)
 
 
-def test_qwen_engine_args_use_the_native_token_classifier() -> None:
-    config = VllmPrmConfig(model="Qwen/Qwen2.5-Math-PRM-7B", style="qwen_prm")
+def test_qwen_engine_args_use_the_native_token_classifier(tiny_model_dir) -> None:
+    config = VllmPrmConfig(model=str(tiny_model_dir), style="qwen_prm")
     assert config.tag == "<extra_0>" and config.positive_index == 1
     args = build_prm_engine_args(config, 151651, None)
     assert args.runner == "pooling" and args.convert == "auto"

@@ -1,0 +1,148 @@
+"""Gateway pieces without an engine: request schema, error mapping, settings, engine args,
+incremental detokenization, stream merging."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from server.api.errors import validation_error
+from server.api.protocol import CompletionRequest
+from server.config import Settings, resolve_hardware_defaults
+from server.detokenize import IncrementalText
+from server.engine import build_engine_args
+from server.methods.streams import merge_streams
+
+
+def test_prompt_forms_normalise_to_a_list() -> None:
+    assert CompletionRequest(prompt="hi").prompts == ["hi"]
+    assert CompletionRequest(prompt=["a", "b"]).prompts == ["a", "b"]
+    assert CompletionRequest(prompt=[1, 2, 3]).prompts == [[1, 2, 3]]
+    assert CompletionRequest(prompt=[[1], [2, 3]]).prompts == [[1], [2, 3]]
+
+
+def test_unknown_keys_are_kept_as_method_blocks() -> None:
+    request = CompletionRequest(prompt="x", method="rebase", rebase={"width": 2})
+    assert request.method_blocks == {"rebase": {"width": 2}}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "stop": ["ok", ""]}, "stop"),
+        ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
+        (
+            {"prompt": "x", "stream": True, "stream_options": {"include_usage": 3}},
+            "stream_options.include_usage",
+        ),
+        ({"prompt": [[]]}, "prompt"),
+    ],
+)
+def test_validation_errors_name_the_field(body, field) -> None:
+    with pytest.raises(ValidationError) as info:
+        CompletionRequest.model_validate(body)
+    errors = [{**e, "loc": ("body", *e["loc"])} for e in info.value.errors()]
+    error = validation_error(RequestValidationError(errors))
+    assert error.param == field
+    assert error.status == 400
+    assert field in error.message
+
+
+def test_cpu_defaults_pick_float32_block_32_and_eager() -> None:
+    settings = resolve_hardware_defaults(Settings(device="cpu"))
+    assert settings.block_size == 32 and settings.enforce_eager is True
+    assert settings.dtype in ("float32", "auto")
+
+
+def test_explicit_settings_win_over_hardware_defaults() -> None:
+    settings = resolve_hardware_defaults(Settings(device="cpu", block_size=64, dtype="bfloat16"))
+    assert settings.block_size == 64 and settings.dtype == "bfloat16"
+
+
+def test_cli_flags_and_env_both_configure(monkeypatch) -> None:
+    monkeypatch.setenv("THINKSCALE_MAX_N", "3")
+    settings = Settings(_cli_parse_args=["--port", "9001", "--rebase-scheduler", "direct"])
+    assert (settings.port, settings.max_n, settings.rebase_scheduler) == (9001, 3, "direct")
+
+
+def test_engine_args_register_quiet_star_and_pin_v1_runner_on_gpu(
+    monkeypatch, tiny_model_dir
+) -> None:
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    gpu = resolve_hardware_defaults(Settings(device="cuda"))
+    args = build_engine_args(gpu, str(tiny_model_dir))
+    assert args.logits_processors == ["kernels.quiet_star.processor:QuietStarLogitsProcessor"]
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    assert args.enable_prefix_caching and args.block_size == 16
+
+
+def test_engine_args_bound_the_cpu_kv_cache(monkeypatch, tiny_model_dir) -> None:
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    cpu = resolve_hardware_defaults(Settings(device="cpu", kv_cache_gib=3))
+    args = build_engine_args(cpu, str(tiny_model_dir))
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert args.block_size == 32
+
+
+class CharTokenizer:
+    """One token per byte, decoded as UTF-8 with replacement, like a byte-level BPE."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def feed(text: IncrementalText, data: bytes) -> str:
+    return "".join(text.add([b]).text for b in data)
+
+
+def test_incremental_text_never_splits_a_character() -> None:
+    text = IncrementalText(CharTokenizer())
+    pieces = [text.add([b]).text for b in "é€".encode()]
+    assert "\ufffd" not in "".join(pieces)
+    assert "".join(pieces) + text.flush() == "é€"
+
+
+def test_incremental_text_holds_back_a_possible_stop_and_cuts_at_it() -> None:
+    text = IncrementalText(CharTokenizer(), stops=["END"])
+    sent = feed(text, b"abcEN")
+    assert sent == "abc"  # "EN" might become "END": held back
+    delta = text.add(list(b"D tail"))
+    assert delta.stopped_by == "END" and delta.text == ""
+    assert text.flush() == ""
+
+
+def test_incremental_text_releases_held_text_when_no_stop_comes() -> None:
+    text = IncrementalText(CharTokenizer(), stops=["END"])
+    sent = feed(text, b"abcENx")
+    assert sent + text.flush() == "abcENx"
+
+
+def test_merge_streams_interleaves_and_cancels_producers() -> None:
+    async def main() -> tuple[list[int], list[str]]:
+        events: list[str] = []
+
+        async def producer(start: int):
+            try:
+                for i in range(start, start + 100, 2):
+                    await asyncio.sleep(0)
+                    yield i
+            finally:
+                events.append(f"closed {start}")
+
+        got = []
+        merged = merge_streams([producer(0), producer(1)])
+        async for item in merged:
+            got.append(item)
+            if len(got) == 6:
+                break
+        await merged.aclose()
+        return got, events
+
+    got, events = asyncio.run(main())
+    assert {g % 2 for g in got} == {0, 1}  # both producers contributed
+    assert sorted(events) == ["closed 0", "closed 1"]
