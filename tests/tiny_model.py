@@ -36,6 +36,8 @@ _CORPUS = [
     "Q: What is 2 + 3? A: Let's think step by step. Step 1: 2 + 3 = 5. The answer is 5.",
     "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 = + - * / ( ) $ , . ? !",
     "Therefore, the answer (arabic numerals) is 42. Hello world, this is a test prompt.",
+    # A judge's vocabulary: " Yes" and " No" must be single tokens for the policy-judge PRM.
+    "Is the last step correct? Answer Yes or No. Answer: Yes Yes Yes No No No Yes No",
 ]
 
 

@@ -139,3 +139,25 @@ def test_rebase_block_must_be_an_object(http) -> None:
     response = http.post("/v1/completions", json=rebase_body(rebase=[1, 2]))
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "rebase"
+
+
+def test_policy_judge_reward_is_selectable_per_request_and_charged(http) -> None:
+    body = rebase_body(seed=3, rebase={**SMALL_TREE, "reward_model": "policy_judge"})
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    stats = result["method_details"]["rebase"][0]
+    assert stats["reward_model"] == "policy_judge"
+    usage = result["usage"]
+    # The judge runs on the policy engine: its prompts are charged as reward FLOPs.
+    assert usage["flops"]["reward_executed"] > 0
+    assert usage["reward_tokens"] > 0
+    assert usage["engine_calls"] > stats["nodes_expanded"]
+
+
+def test_unconfigured_model_prm_is_a_400(http) -> None:
+    body = rebase_body(rebase={**SMALL_TREE, "reward_model": "vllm_prm"})
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "rebase.reward_model" and "not configured" in error["message"]
