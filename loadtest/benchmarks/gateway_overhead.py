@@ -23,6 +23,7 @@ from loadtest.benchmarks.processes import (
     DEFAULT_NAME,
     EngineSettings,
     ServerProcess,
+    exit_on_sigterm,
     start_gateway,
     start_vllm_serve,
 )
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         "--logs", type=Path, default=None, help="server logs (default: next to --out)"
     )
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     args.logs = args.logs or args.out.parent / "gateway_overhead_logs"
     engine = EngineSettings(model=args.model, served_name=args.served_model_name)
 

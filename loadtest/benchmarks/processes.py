@@ -39,6 +39,14 @@ class EngineSettings:
     seed: int = 0
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``with`` blocks stop the servers they started.
+
+    Servers run in sessions of their own (see ``ServerProcess.stop``): without this, stopping
+    a benchmark with ``kill`` would leave its gateway and engine running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -124,7 +124,7 @@ def gateway(args: argparse.Namespace, tag: str) -> Iterator[Gateway]:
         name = httpx.get(f"{args.url}/v1/models", timeout=30).json()["data"][0]["id"]
         yield Gateway(args.url, name, started_here=False)
         return
-    engine = EngineSettings(model=args.model, served_name=args.served_model_name)
+    engine = EngineSettings(model=args.model, served_name=args.served_model_name, dtype=args.dtype)
     logs = args.out.parent / "quiet_star_bench_logs"
     with start_gateway(engine, logs / f"{tag}-gateway.log") as server:
         print(f"[{tag}] gateway healthy after {server.started_in_s:.0f}s", flush=True)
@@ -368,13 +368,14 @@ def bench_speed(args: argparse.Namespace) -> dict:
             args.delimiters[0],
             temperature=0.0,
             thought_temperature=0.01,
+            return_thoughts=True,
         )
         _, check_replies = closed_loop(gw.url, bodies, len(bodies))
         started_here = gw.started_here
     # The gateway is stopped here (or idle, with --url): HF has the machine to itself.
     hf_runs = []
     prompts = [q.prompt for q in questions]
-    for i, delims in enumerate(args.delimiters):
+    for i, delims in enumerate(args.delimiters if args.hf else []):
         settings = hf_quiet_star.QuietStarSettings(
             thought_tokens=args.t, mixing_weight=args.mixing_weight, **delimiter_block(delims)
         )
@@ -398,7 +399,7 @@ def bench_speed(args: argparse.Namespace) -> dict:
         "gateway_started_here": started_here,
         "gateway": gateway_runs,
         "hf": hf_runs,
-        "check": _agreement_check(args, check, check_replies),
+        "check": _agreement_check(args, check, check_replies) if args.hf else None,
     }
     result["markdown"] = _speed_table(result)
     return result
@@ -443,9 +444,24 @@ def _agreement_check(args, check: Sequence[Question], replies: list[Reply]) -> d
     rows = []
     for q, r in zip(check, replies, strict=True):
         seq = hf.generate(q.prompt, args.check_tokens, seed=q.index)
-        ids = list(hf.tokenizer.encode(r.text, add_special_tokens=False))
-        same = _common_prefix(ids, seq.token_ids)
-        rows.append({"question": q.index, "gateway": r.text, "hf": seq.text, "common_prefix": same})
+        steps = r.details["quiet_star"][0]["step_token_ids"]
+        ids = [step[-1] for step in steps]  # each engine call's last token is the talk token
+        thoughts = [step[:-1] for step in steps]
+        rows.append(
+            {
+                "question": q.index,
+                "gateway": r.text,
+                "hf": seq.text,
+                "common_prefix": _common_prefix(ids, seq.token_ids),
+                "same_text": r.text == seq.text,
+                "gateway_token_ids": ids,
+                "hf_token_ids": seq.token_ids,
+                "thoughts_identical": sum(
+                    a[len(hf.start_ids) : len(hf.start_ids) + args.t] == b
+                    for a, b in zip(thoughts, seq.thoughts, strict=False)
+                ),
+            }
+        )
     return {"delimiters": args.delimiters[0], "tokens": args.check_tokens, "rows": rows}
 
 
@@ -501,9 +517,12 @@ def _speed_table(r: dict) -> str:
             ["HF generate, base model, no thought", "–", 1, 1, 2, "–",
              fmt(plain[0]["plain_seconds_per_token"], 4), "–"]
         )  # fmt: skip
+    if r["check"] is None:
+        return markdown_table(header, rows)
     check = "\n".join(
-        f"- q{c['question']}: {c['common_prefix']}/{r['check']['tokens']} tokens identical "
-        "before the first difference"
+        f"- q{c['question']}: {c['common_prefix']}/{r['check']['tokens']} talk tokens identical "
+        f"before the first difference; {c['thoughts_identical']} of the thoughts identical; "
+        f"same text: {c['same_text']}"
         for c in r["check"]["rows"]
     )
     return (
@@ -738,6 +757,7 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--served-model-name", default=DEFAULT_NAME)
     common.add_argument("--url", default=None, help="a running gateway (default: start one)")
     common.add_argument("--data", type=Path, default=DEFAULT_TEST_FILE)
+    common.add_argument("--dtype", default="float32", help="engine dtype of a gateway started here")
     common.add_argument("--mixing-weight", type=float, default=0.3)
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--out", type=Path, required=True)
@@ -758,6 +778,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[8, 1])
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--hf-cache", choices=["thought", "none"], default="thought")
+    p.add_argument(
+        "--hf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the HF implementation too (--no-hf: the gateway's runs only)",
+    )
     p.add_argument(
         "--hf-none-questions", type=int, default=0, help="also time HF without any KV cache"
     )

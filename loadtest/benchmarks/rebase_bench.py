@@ -38,6 +38,7 @@ from loadtest.benchmarks.processes import (
     DEFAULT_NAME,
     REPO,
     EngineSettings,
+    exit_on_sigterm,
     metric_total,
     scrape_metrics,
     start_gateway,
@@ -388,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/rebase_bench.json"))
     parser.add_argument("--logs", type=Path, default=None)
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     args.logs = args.logs or args.out.parent / f"{args.out.stem}_logs"
     started = time.monotonic()
     result = throughput(args) if args.phase == "throughput" else hf_vs_gateway(args)

