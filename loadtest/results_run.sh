@@ -14,10 +14,10 @@ until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do
   sleep 2
 done
 QS='{"thought_tokens": 4, "mixing_weight": '"${QS_W:-0.1}"'}'
-RB='{"width": 4, "max_step_tokens": 48, "step_delimiter": "\n"}'
+RB='{"width": 3, "max_step_tokens": 48, "step_delimiter": "\n"}'
 .venv/bin/python -m loadtest run --url "http://127.0.0.1:$PORT" \
   --data ../shared/data/gsm8k --split test --limit 32 \
-  --max-tokens 128 --temperature 0.7 --sample-seed 0 --concurrency 8 --no-progress \
+  --max-tokens 96 --temperature 0.7 --sample-seed 0 --concurrency 8 --no-progress \
   --methods "baseline,quiet_star,rebase,quiet_star+rebase" \
   --method-params '{"quiet_star": {"quiet_star": '"$QS"'},
                     "rebase": {"rebase": '"$RB"'},
