@@ -162,6 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--order",
+        choices=["vllm,gateway", "gateway,vllm"],
+        default="vllm,gateway",
+        help="who goes first in odd rounds (alternate it across invocations)",
+    )
+    parser.add_argument(
         "--vllm-bench",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -179,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     sessions: list[dict] = []
     for r in range(args.rounds):
-        order = KINDS if r % 2 == 0 else KINDS[::-1]  # A B, B A, A B, ...
+        first = tuple(args.order.split(","))
+        order = first if r % 2 == 0 else first[::-1]  # A B, B A, A B, ...
         for kind in order:
             sessions.append(measure(kind, args, engine, f"r{r + 1}"))
             write_json(args.out, {"partial": True, "sessions": sessions})
