@@ -52,7 +52,9 @@ async def create_completion(
         raise
     service.admit(prepared)
     if body.stream:
-        return EventSourceResponse(_sse_events(service, prepared), ping=15)
+        # "\n" line endings: clients that split events on "\n\n" (vllm bench) must not lose
+        # events that arrive together in one read.
+        return EventSourceResponse(_sse_events(service, prepared), ping=15, sep="\n")
     try:
         response = await run_unless_disconnected(request, service.complete(prepared))
     except ClientDisconnected:

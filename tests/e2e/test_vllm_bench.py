@@ -63,14 +63,6 @@ def test_vllm_bench_serve_completes_every_request(bench_result: dict) -> None:
     assert bench_result["failed"] == 0, bench_result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway ends SSE events with '\\r\\n\\r\\n' (sse-starlette's default); "
-    "vllm bench splits events on '\\n\\n', so events that arrive in one TCP read (under "
-    "load: the last text chunk, the usage chunk and [DONE]) are lost and it re-counts "
-    "tokens from partial text. Fix: EventSourceResponse(..., sep='\\n') in "
-    "server/api/routes.py, then drop this marker.",
-)
 def test_vllm_bench_parses_a_coalesced_stream(http) -> None:
     """Deterministic form of the bug: hand the whole stream to vLLM's parser as one read."""
     from vllm.benchmarks.lib.endpoint_request_func import StreamedResponseHandler
