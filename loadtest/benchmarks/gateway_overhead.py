@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     exit_on_sigterm()
-    args.logs = args.logs or args.out.parent / "gateway_overhead_logs"
+    args.logs = args.logs or args.out.parent / f"{args.out.stem}_logs"
     engine = EngineSettings(model=args.model, served_name=args.served_model_name)
 
     started = time.monotonic()

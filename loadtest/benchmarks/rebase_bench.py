@@ -6,7 +6,9 @@ Phases (each one run stays under ~15 minutes on 2 cores; run them one after anot
   configurations, each in a *fresh* gateway (a warm prefix cache from an earlier run of the same
   seeded trees would flatter whoever runs second): ``fair8`` (fair scheduler, 8 requests in
   flight), ``fair1`` (one tree at a time), ``direct8`` (``--rebase-scheduler direct``, 8 in
-  flight). Per configuration: problems per minute, prefix-cache hits as a fraction of the
+  flight); any ``fairN``/``directN`` works, and ``--kv-cache-gib`` shrinks the KV cache to
+  put the schedulers under memory pressure. Per configuration: problems per minute,
+  prefix-cache hits as a fraction of the
   prompt tokens of all engine calls (from the usage of each response, cross-checked against
   vLLM's own ``vllm:prompt_tokens*`` counters), tree sizes. ``--best-of-n`` adds, in the first
   ``fair8`` session, plain sampling with ``n`` = the number of leaves of each question's tree
@@ -27,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -51,11 +54,17 @@ from loadtest.benchmarks.rebase_client import (
 )
 from loadtest.benchmarks.tables import fmt, machine, markdown_table, median, write_json
 
-CONFIGS: dict[str, tuple[str, int]] = {  # name -> (scheduler, requests in flight)
-    "fair8": ("fair", 8),
-    "fair1": ("fair", 1),
-    "direct8": ("direct", 8),
-}
+CONFIG_RE = re.compile(r"^(fair|direct)(\d+)$")
+
+
+def parse_config(name: str) -> tuple[str, int]:
+    """``fair8`` -> ("fair", 8): the gateway's REBASE scheduler and the requests in flight."""
+    m = CONFIG_RE.match(name)
+    if m is None:
+        raise ValueError(f"config must look like fair8 or direct16, got {name!r}")
+    return m.group(1), int(m.group(2))
+
+
 ENGINE_COUNTERS = (
     "vllm:prompt_tokens_total",
     "vllm:prompt_tokens_cached_total",
@@ -106,7 +115,7 @@ def run_config(
     best_of_n: bool,
 ) -> dict:
     """One fresh gateway: the trees at the configuration's concurrency, then maybe best-of-n."""
-    scheduler, concurrency = CONFIGS[name]
+    scheduler, concurrency = parse_config(name)
     tree = TreeSettings(width=args.width, temperature=args.temperature, seed=args.seed)
     log_path = args.logs / f"{tag}-{name}.log"
     with start_gateway(engine, log_path, "--rebase-scheduler", scheduler) as gw:
@@ -203,16 +212,17 @@ def throughput_report(sessions: list[dict]) -> str:
         "cache hits (usage)", "cache hits (vLLM)", "nodes", "tree tokens", "preemptions",
     ]  # fmt: skip
     text = markdown_table(header, rows)
+    names = dict.fromkeys(s["config"] for s in sessions)
     med = {
-        c: median([s["problems_per_minute"] for s in sessions if s["config"] == c])
-        for c in CONFIGS
-        if any(s["config"] == c for s in sessions)
+        c: median([s["problems_per_minute"] for s in sessions if s["config"] == c]) for c in names
     }
     lines = [f"- median problems/min {c}: {v:.2f}" for c, v in med.items()]
     if "fair8" in med and "fair1" in med:
         lines.append(f"- fair8 / fair1: {med['fair8'] / med['fair1']:.2f}x (target >= 2x)")
-    if "fair8" in med and "direct8" in med:
-        lines.append(f"- fair8 / direct8: {med['fair8'] / med['direct8']:.2f}x (goal >= 1.2x)")
+    for c in names:
+        sched, n = parse_config(c)
+        if sched == "fair" and f"direct{n}" in med:
+            lines.append(f"- {c} / direct{n}: {med[c] / med[f'direct{n}']:.2f}x (goal >= 1.2x)")
     return text + "\n\n" + "\n".join(lines)
 
 
@@ -261,9 +271,13 @@ def flops_report(rows: list[dict]) -> str:
 
 
 def throughput(args: argparse.Namespace) -> dict:
-    engine = EngineSettings(model=args.model, served_name=args.served_model_name)
+    engine = EngineSettings(
+        model=args.model, served_name=args.served_model_name, kv_cache_gib=args.kv_cache_gib
+    )
     questions = load_questions(args.data, args.questions, args.start)
     configs = args.configs.split(",")
+    for name in configs:
+        parse_config(name)
     sessions: list[dict] = []
     for r in range(args.rounds):
         order = configs if r % 2 == 0 else configs[::-1]
@@ -288,7 +302,8 @@ def hf_vs_gateway(args: argparse.Namespace) -> dict:
     runs: list[dict] = []
     for r in range(args.rounds):
         tag = f"r{r + 1}"
-        order = ("gateway", "hf") if r % 2 == 0 else ("hf", "gateway")
+        first = ("gateway", "hf") if args.gateway_first else ("hf", "gateway")
+        order = first if r % 2 == 0 else first[::-1]
         for side in order:
             if side == "gateway":
                 s = run_config("fair1", args, engine, questions, tag, best_of_n=False)
@@ -383,9 +398,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--configs", default="fair8,direct8,fair1")
+    parser.add_argument(
+        "--configs",
+        default="fair8,direct8,fair1",
+        help="comma-separated SCHEDULER+CONCURRENCY, e.g. fair8,direct8,fair1,fair16",
+    )
+    parser.add_argument("--kv-cache-gib", type=int, default=4, help="gateway KV cache (GiB)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--best-of-n", action="store_true")
+    parser.add_argument(
+        "--gateway-first",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hf phase: which side runs first in odd rounds (alternate it across invocations)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/rebase_bench.json"))
     parser.add_argument("--logs", type=Path, default=None)
     args = parser.parse_args(argv)
