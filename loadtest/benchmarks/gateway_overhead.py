@@ -62,7 +62,9 @@ def measure(kind: str, args: argparse.Namespace, engine: EngineSettings, tag: st
     """One server session: start, warm up, measure with our client (and vllm bench), stop."""
     log_path = args.logs / f"{tag}-{kind}.log"
     prompts = random_token_prompts(args.num_prompts, args.input_len, seed=args.seed)
-    warmup = random_token_prompts(args.concurrency, args.input_len, seed=args.seed + 1)
+    # Two full waves: the first load after an engine start runs measurably slower (allocator
+    # and page-fault warm-up), and one wave did not absorb all of it.
+    warmup = random_token_prompts(2 * args.concurrency, args.input_len, seed=args.seed + 1)
     with start(kind, engine, log_path) as server:
         print(f"[{tag}] {kind} healthy after {server.started_in_s:.0f}s", flush=True)
         kwargs = {"max_tokens": args.output_len, "extra_body": EXTRA_BODY[kind]}
@@ -123,6 +125,7 @@ def vllm_bench_view(session: dict) -> dict[str, float]:
     out = {k: raw[v] / (1000 if v.endswith("_ms") else 1) for k, v in VLLM_BENCH_KEYS.items()}
     out["completed"], out["failed"] = raw["completed"], raw["failed"]
     out["total_output_tokens"] = raw["total_output_tokens"]
+    out["errors"] = sorted({e[:120] for e in raw.get("errors") or [] if e})
     return out
 
 

@@ -48,6 +48,7 @@ def vllm_bench_command(
         "--metric-percentiles", "50,95",
         "--disable-tqdm",
         "--save-result",
+        "--save-detailed",  # keeps per-request errors (and lengths) in the JSON
         "--result-dir", str(result_path.parent),
         "--result-filename", result_path.name,
     ]  # fmt: skip
