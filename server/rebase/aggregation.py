@@ -2,7 +2,7 @@
 
 Each leaf is ``(extracted answer or None, score of its last step)``. The paper's default is a
 weighted majority vote (weight = score); plain majority vote and best-of-n (highest score) are
-offered for comparison (DESIGN.md, "REBASE").
+offered for comparison (docs/architecture.md, "REBASE").
 
 Answers are grouped by value, not by spelling: ``normalize_number`` is applied, so "18", "18.0" and
 "$18" are one candidate (a non-numeric answer is grouped by its stripped text).

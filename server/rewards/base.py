@@ -1,6 +1,6 @@
 """The process-reward-model interface every scorer implements.
 
-Contract (DESIGN.md, "Process reward models"): given the question and a batch of candidate paths
+Contract (docs/architecture.md, "Reward models"): given the question and a batch of candidate paths
 (each a sequence of step texts), return one float in [0, 1] per step, in the same nested shape as
 the input. A batch call lets an engine-backed PRM score all paths of a tree level in one request; a
 CPU scorer simply loops. REBASE uses the score of a node's last step as the node's reward.

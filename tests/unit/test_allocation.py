@@ -1,4 +1,4 @@
-"""REBASE allocation: the DESIGN.md checks and the walk's invariants."""
+"""REBASE allocation: the reference checks (docs/architecture.md) and the walk's invariants."""
 
 import math
 
