@@ -1,6 +1,7 @@
 """REBASE budget allocation: how many children each node of a depth gets.
 
-The reference semantics (docs/architecture.md, "REBASE"): sort nodes by score descending, weight each by
+The reference semantics (docs/architecture.md, "REBASE"): sort nodes by score descending,
+weight each by
 ``e_k = exp(score_k / T)`` and walk the list handing out
 ``n_k = ceil(budget * e_k / sum_remaining)``, then ``budget -= n_k`` and ``sum_remaining -= e_k``.
 Rounding *up* favours the best nodes, and because the last node with a non-zero share always takes

@@ -1,6 +1,7 @@
 """Step formats: where a step ends, what the reward model sees, and when a path is finished.
 
-Two formats (docs/architecture.md, "REBASE"): a plain delimiter (a newline for GSM8K-style text) or numbered
+Two formats (docs/architecture.md, "REBASE"): a plain delimiter (a newline for GSM8K-style
+text) or numbered
 `Step k:` headers as Math-Shepherd-style PRMs and the paper's protocol use. A step is one
 engine call that stops at the end of the step (stop string kept in the output, so the text
 and the token ids agree) or at `max_step_tokens`.
