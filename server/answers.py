@@ -17,7 +17,13 @@ import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-__all__ = ["answers_match", "extract_answer", "first_integer", "normalize_number"]
+__all__ = [
+    "answers_match",
+    "extract_answer",
+    "first_integer",
+    "marked_answer",
+    "normalize_number",
+]
 
 # A number as written in prose: optional sign and "$", thousands groups or plain digits, decimals.
 # The grouped form must not be followed by another digit ("1,2345" is "1" and "2345", not "1,234").
@@ -83,22 +89,34 @@ def _numbers(text: str) -> list[str]:
     return out
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer written in ``text``, normalised; None if ``text`` holds no number.
+def marked_answer(text: str) -> str | None:
+    """The answer ``text`` *states* with a marker, normalised; None if it states none.
 
-    Priority: the first "#### N" (GSM8K's format), else the first "\\boxed{N}" / "The answer is N" /
-    "answer: N" (case-insensitive), else the last number in the text. For markers the *first*
-    occurrence wins because a model that keeps going after its answer usually starts an invented
-    next problem; with no marker the last number is the usual conclusion of a chain of thought.
+    Markers: the first "#### N" (GSM8K's format), else the first "\\boxed{N}" / "The answer is N"
+    / "The answer is: N" (Math-Shepherd) / "answer: N" (case-insensitive). N may be an integer,
+    a decimal, a fraction or money. The *first* occurrence wins because a model that keeps going
+    after its answer usually starts an invented next problem. REBASE uses this to decide that a
+    path is finished, so "finished" and "the answer we vote with" can never disagree.
     """
     if (m := _HASH_RE.search(text)) is not None:
         return _number_from_match(m)
     marked = [m for r in (_BOXED_FRAC_RE, _BOXED_RE, _ANSWER_IS_RE) if (m := r.search(text))]
-    if marked:
-        m = min(marked, key=lambda m: m.start())  # min() is stable: a \frac beats its own digits
-        if m.re is _BOXED_FRAC_RE:
-            return normalize_number(f"{m['sign']}{m['num']}/{m['den']}")
-        return _number_from_match(m)
+    if not marked:
+        return None
+    m = min(marked, key=lambda m: m.start())  # min() is stable: a \frac beats its own digits
+    if m.re is _BOXED_FRAC_RE:
+        return normalize_number(f"{m['sign']}{m['num']}/{m['den']}")
+    return _number_from_match(m)
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer written in ``text``, normalised; None if ``text`` holds no number.
+
+    The marked answer (:func:`marked_answer`) if there is one, else the last number in the text:
+    with no marker the last number is the usual conclusion of a chain of thought.
+    """
+    if (answer := marked_answer(text)) is not None:
+        return answer
     numbers = _numbers(text)
     return numbers[-1] if numbers else None
 

@@ -75,7 +75,7 @@ class CompletionService:
                 f"at most {s.max_prompts_per_request} prompts per request", param="prompt"
             )
         params = self._parameter_blocks(request, method)
-        inputs = [self._method_input(request, p, params) for p in prompts]
+        inputs = [self._method_input(request, method, p, params) for p in prompts]
         for inp in inputs:
             method.check(inp, self.engine)
         return PreparedRequest(request, method, inputs, UsageMeter(self.engine.flops))
@@ -124,7 +124,11 @@ class CompletionService:
         return parsed
 
     def _method_input(
-        self, request: CompletionRequest, prompt: str | list[int], params: dict[str, BaseModel]
+        self,
+        request: CompletionRequest,
+        method: Method,
+        prompt: str | list[int],
+        params: dict[str, BaseModel],
     ) -> MethodInput:
         if isinstance(prompt, str):
             ids = self.engine.encode(prompt)
@@ -144,6 +148,8 @@ class CompletionService:
                 f"{len(ids)} tokens",
                 param="prompt",
             )
+        if "max_tokens" not in request.model_fields_set:
+            max_tokens = method.default_max_tokens(params, limit - len(ids)) or max_tokens
         if max_tokens is None:
             max_tokens = limit - len(ids)
         if len(ids) + max_tokens > limit:

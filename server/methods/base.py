@@ -112,6 +112,14 @@ class Method(ABC):
         """Reject inputs this method cannot serve (raise `APIError`); default accepts all."""
         return None
 
+    def default_max_tokens(self, params: dict[str, BaseModel], room: int) -> int | None:
+        """`max_tokens` when the request leaves it out; `room` is what the context has left.
+
+        None keeps the OpenAI default (16), which suits one plain completion. A method whose
+        `max_tokens` means something else (REBASE: the token budget of every path) overrides
+        this, so an omitted field does not silently cut every path to 16 tokens."""
+        return None
+
     @abstractmethod
     def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
         """Stream deltas of choices 0..n-1; each choice ends with a delta that has a

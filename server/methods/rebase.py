@@ -23,7 +23,7 @@ from server.api.errors import APIError
 from server.engine import Engine
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
 from server.methods.streams import merge_streams
-from server.rebase.aggregation import aggregate
+from server.rebase.aggregation import aggregate, voting_leaves
 from server.rebase.params import RebaseParams
 from server.rebase.scheduler import DirectScheduler, ExpansionScheduler
 from server.rebase.search import SearchResult, rebase_search
@@ -46,6 +46,12 @@ class Rebase(Method):
                 "rebase.step_delimiter",
                 param="stop",
             )
+
+    def default_max_tokens(self, params: dict[str, BaseModel], room: int) -> int | None:
+        """A path may take every step the tree allows: `max_depth` x `max_step_tokens`,
+        within the context the prompt leaves."""
+        rebase: RebaseParams = params["rebase"]  # type: ignore[assignment]
+        return min(room, rebase.max_depth * rebase.max_step_tokens)
 
     def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
         return merge_streams([self._search(ctx, inp, i) for i in range(inp.n)])
@@ -176,12 +182,12 @@ class _Tree:
 
     # -- answer: vote over the leaves -------------------------------------------------------
     def answer(self, result: SearchResult) -> ChoiceDelta:
-        leaves = result.leaves
+        leaves = voting_leaves(result.leaves, self.params.vote_leaves)
         votes = aggregate(
             [(extract_answer(leaf.path_text()), leaf.score) for leaf in leaves],
             self.params.aggregation,
         )
-        self._record(result, votes)
+        self._record(result, votes, voters=len(leaves))
         if votes.winner_index is None:
             return ChoiceDelta(index=self.index, text="", finish_reason="length")
         winner = leaves[votes.winner_index]
@@ -192,7 +198,7 @@ class _Tree:
             finish_reason="stop" if winner.end in ("answer", "eos") else "length",
         )
 
-    def _record(self, result: SearchResult, votes: Any) -> None:
+    def _record(self, result: SearchResult, votes: Any, *, voters: int) -> None:
         method = self.method.name
         metrics.REBASE_NODES.labels(method).observe(result.nodes_expanded)
         metrics.REBASE_DEPTH.labels(method).observe(result.depth)
@@ -207,6 +213,7 @@ class _Tree:
                 "depth": result.depth,
                 "level_sizes": result.level_sizes,
                 "leaves": len(result.leaves),
+                "voting_leaves": voters,
                 "leaf_ends": _count(leaf.end for leaf in result.leaves),
                 "tree_tokens": self.tree_tokens,
                 "reward_model": self.reward.name,

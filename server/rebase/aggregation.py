@@ -25,13 +25,34 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 from server.answers import normalize_number
 
-__all__ = ["AggregateResult", "Aggregation", "aggregate"]
+__all__ = ["AggregateResult", "Aggregation", "VoteLeaves", "aggregate", "voting_leaves"]
 
 Aggregation = Literal["weighted_vote", "majority_vote", "best_of_n"]
+VoteLeaves = Literal["finished", "all"]
+# Why a leaf ended (server.rebase.tree.StepEnd): these two mean the model finished its solution.
+FINISHED_ENDS = frozenset({"answer", "eos"})
+
+
+class _Leaf(Protocol):
+    end: str
+
+
+L = TypeVar("L", bound=_Leaf)
+
+
+def voting_leaves(leaves: Sequence[L], which: VoteLeaves = "finished") -> list[L]:
+    """The leaves that vote: by default only finished ones (an answer stated, or EOS), as in the
+    reference, so a path cut by the depth or token cap cannot outvote finished solutions with a
+    number from the middle of its reasoning. When no leaf finished, all of them vote (some
+    answer beats none)."""
+    if which == "all":
+        return list(leaves)
+    finished = [leaf for leaf in leaves if leaf.end in FINISHED_ENDS]
+    return finished or list(leaves)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.rebase.aggregation import Aggregation
+from server.rebase.aggregation import Aggregation, VoteLeaves
 
 
 class RebaseParams(BaseModel):
@@ -29,6 +29,11 @@ class RebaseParams(BaseModel):
     )
     step_delimiter: str = Field("\n", min_length=1, max_length=32)
     aggregation: Aggregation = "weighted_vote"
+    vote_leaves: VoteLeaves = Field(
+        "finished",
+        description="'finished': only leaves that stated an answer or ended (EOS) vote, as in "
+        "the reference (all leaves when none did); 'all': leaves cut by a cap vote too.",
+    )
     reward_model: Literal["arithmetic", "policy_judge", "vllm_prm"] | None = Field(
         None, description="Process reward model; default: the server's."
     )

@@ -1,29 +1,27 @@
 """Step formats: where a step ends, what the reward model sees, and when a path is finished.
 
 Two formats (docs/architecture.md, "REBASE"): a plain delimiter (a newline for GSM8K-style
-text) or numbered
-`Step k:` headers as Math-Shepherd-style PRMs and the paper's protocol use. A step is one
-engine call that stops at the end of the step (stop string kept in the output, so the text
-and the token ids agree) or at `max_step_tokens`.
+text) or numbered `Step k:` headers as Math-Shepherd-style PRMs and the paper's protocol use.
+A step is one engine call that stops at the end of the step (stop string kept in the output,
+so the text and the token ids agree) or at `max_step_tokens`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from server.answers import marked_answer
 from server.rebase.params import RebaseParams
 from server.rebase.tree import StepEnd
 
-# A finished solution states its answer ("#### 42", "The answer is 42", "\boxed{42}").
-_FINAL_ANSWER_RE = re.compile(
-    r"####\s*[-$]?\d|\\boxed\{|answer\s*(?:\(arabic numerals\)\s*)?(?:is|:)\s*\**\s*[-$]?\s*\d",
-    re.IGNORECASE,
-)
-
 
 def has_final_answer(text: str) -> bool:
-    return _FINAL_ANSWER_RE.search(text) is not None
+    """A finished solution states its answer ("#### 42", "The answer is: 4.5", "\\boxed{1/2}").
+
+    Defined by the vote's own extractor, so every path that ends as "answer" votes with the
+    answer that made it end (and none ends on a marker the vote could not read).
+    """
+    return marked_answer(text) is not None
 
 
 @dataclass(frozen=True)

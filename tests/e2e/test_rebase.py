@@ -161,3 +161,17 @@ def test_unconfigured_model_prm_is_a_400(http) -> None:
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "rebase.reward_model" and "not configured" in error["message"]
+
+
+def test_rebase_without_max_tokens_gets_the_trees_budget(http) -> None:
+    # Steps of exactly 6 tokens (a delimiter the model never writes, EOS ignored): under the
+    # OpenAI default of 16 tokens every path would stop after 3 steps. Left out, max_tokens
+    # becomes the tree's own budget (max_depth x max_step_tokens = 48 here).
+    tree = {"width": 2, "max_step_tokens": 6, "step_delimiter": "\n\n\n\n", "max_depth": 8}
+    body = {"prompt": QUESTION, "method": "rebase", "rebase": tree, "ignore_eos": True, "seed": 3}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    stats = data["method_details"]["rebase"][0]
+    assert stats["depth"] == 8
+    assert data["usage"]["completion_tokens"] == 48
