@@ -81,4 +81,9 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 
+# Listening on 0.0.0.0 needs an API key: `docker run -e THINKSCALE_API_KEY=...` (compose passes
+# it); without one the gateway refuses to start (exit 2) unless THINKSCALE_ALLOW_INSECURE_NO_AUTH=1.
+# SIGTERM (docker stop) drains: in-flight requests get THINKSCALE_SHUTDOWN_GRACE_S (30 s), so
+# stop with a longer timeout (`docker stop -t 45`; compose sets stop_grace_period).
+STOPSIGNAL SIGTERM
 CMD ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000"]

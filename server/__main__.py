@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 
-import uvicorn
-
 from server.app import create_app
 from server.config import Settings
+from server.exposure import EXIT_INSECURE, insecure_exposure
+from server.serve import run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,8 +20,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    problem = insecure_exposure(settings)
+    if problem is not None:
+        print(f"thinkscale: {problem}", file=sys.stderr)
+        sys.exit(EXIT_INSECURE)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    sys.exit(run(app, settings.host, settings.port, settings.log_level))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -21,6 +19,8 @@ from server.api.routes import router
 from server.api.serving import CompletionService
 from server.config import Settings, resolve_hardware_defaults
 from server.engine import Engine
+from server.health import engines_of
+from server.lifecycle import AdmissionGate, Lifecycle
 from server.methods import method_names
 from server.rewards.vllm_prm import VllmProcessRewardModel, prm_config_from_settings
 
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = resolve_hardware_defaults(settings or Settings())
+    lifecycle = Lifecycle(settings.shutdown_grace_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             starter.cancel()
+            lifecycle.close()
             await asyncio.gather(starter, return_exceptions=True)
             service: CompletionService | None = getattr(app.state, "service", None)
             if service is not None:
@@ -49,12 +51,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="thinkscale", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.service = None
+    app.state.lifecycle = lifecycle
+    lifecycle.in_flight = lambda: app.state.service.admitted if app.state.service else 0
     install_error_handlers(app)
+    app.add_middleware(AdmissionGate, lifecycle=lifecycle)
     app.include_router(router)
     return app
 
 
 async def _start_engine(app: FastAPI, settings: Settings) -> None:
+    lifecycle: Lifecycle = app.state.lifecycle
     try:
         engine = await asyncio.to_thread(Engine.start, settings)
     except asyncio.CancelledError:
@@ -63,9 +69,9 @@ async def _start_engine(app: FastAPI, settings: Settings) -> None:
         # A gateway without an engine can never become healthy: exit so a supervisor
         # (docker, systemd, the test fixture) sees the failure instead of a 503 forever.
         logger.exception("engine failed to start; shutting the gateway down")
-        os.kill(os.getpid(), signal.SIGTERM)
+        lifecycle.fail("the engine failed to start")
         return
-    service = CompletionService(engine, settings)
+    service = CompletionService(engine, settings, lifecycle)
     prm_config = prm_config_from_settings(settings)
     if prm_config is not None:
         # A model PRM (REBASE's `vllm_prm`): a second vLLM engine in pooling mode.
@@ -75,10 +81,12 @@ async def _start_engine(app: FastAPI, settings: Settings) -> None:
         except Exception:
             logger.exception("PRM engine failed to start; shutting the gateway down")
             engine.shutdown()
-            os.kill(os.getpid(), signal.SIGTERM)
+            lifecycle.fail("the PRM engine failed to start")
             return
         service.shared["vllm_prm"] = prm
     app.state.service = service
+    # A dead engine core (OOM-killed, crashed) must end the process so it gets restarted.
+    lifecycle.watch(engines_of(service))
     logger.info(
         "engine ready: serving %s (max_model_len %d)", engine.model_name, engine.max_model_len
     )

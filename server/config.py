@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     api_key: str | None = Field(
         None, description="If set, requests need 'Authorization: Bearer KEY'."
     )
+    allow_insecure_no_auth: bool = Field(
+        False,
+        description="Start without an API key even when listening beyond loopback (a model "
+        "open to the network); without this flag such a start is refused.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: how long in-flight requests may run to completion before "
+        "they are cut (streams end with an error event and [DONE]).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # --- model ---------------------------------------------------------------------------

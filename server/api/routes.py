@@ -18,6 +18,7 @@ from server.api.errors import APIError, error_payload
 from server.api.logprobs import LogprobsBuilder
 from server.api.protocol import CompletionRequest, ModelCard, ModelList
 from server.api.serving import CompletionService, PreparedRequest
+from server.health import health_report
 from server.methods import method_names
 
 logger = logging.getLogger(__name__)
@@ -147,14 +148,9 @@ async def list_models(service: ServiceDep) -> ModelList:
 
 @router.get("/health")
 async def health(request: Request) -> Response:
-    service = getattr(request.app.state, "service", None)
-    if service is None:
-        return JSONResponse({"status": "starting"}, status_code=503)
-    try:
-        await service.engine.llm.check_health()
-    except Exception as exc:
-        return JSONResponse({"status": "unhealthy", "error": str(exc)}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    state = request.app.state
+    status, body = await health_report(state.lifecycle, getattr(state, "service", None))
+    return JSONResponse(body, status_code=status)
 
 
 @router.get("/metrics")

@@ -29,6 +29,7 @@ from server.api.protocol import (
 )
 from server.config import Settings
 from server.engine import Engine
+from server.lifecycle import Lifecycle
 from server.methods import METHODS, parameter_blocks
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput, SamplingSpec
 from server.methods.streams import merge_streams
@@ -54,9 +55,13 @@ class PreparedRequest:
 class CompletionService:
     """Validates, admits and runs completion requests against one engine."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, lifecycle: Lifecycle | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
+        # Cuts requests at the end of a shutdown's grace period or when an engine dies.
+        self.lifecycle = lifecycle or Lifecycle(settings.shutdown_grace_s)
         self.admitted = 0
         self.shared: dict = {}  # see MethodContext.shared
 
@@ -212,12 +217,13 @@ class CompletionService:
                 yield delta
 
         streams = [one_prompt(i, inp) for i, inp in enumerate(prepared.inputs)]
-        async with asyncio.timeout(self.settings.request_timeout_s):
-            async for delta in merge_streams(streams):
-                if prepared.first_token_at is None and (delta.text or delta.token_ids):
-                    prepared.first_token_at = time.perf_counter()
-                prepared.completion_tokens += len(delta.token_ids)
-                yield delta
+        with self.lifecycle.guard():
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                async for delta in merge_streams(streams):
+                    if prepared.first_token_at is None and (delta.text or delta.token_ids):
+                        prepared.first_token_at = time.perf_counter()
+                    prepared.completion_tokens += len(delta.token_ids)
+                    yield delta
 
     async def complete(self, prepared: PreparedRequest) -> CompletionResponse:
         """Non-streaming: collect every choice, then build the response."""

@@ -1,0 +1,196 @@
+"""End-to-end: how the gateway process ends (SIGTERM drain, grace-period cut, dead engine core).
+
+Each test starts its OWN gateway (never the session one): it sends that gateway a signal or
+kills its engine core, then checks what in-flight clients saw and the process's exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from tests.conftest import Gateway, start_gateway, stop_gateway
+
+pytestmark = pytest.mark.e2e
+
+PROMPT = "Q: What is 2 + 3?\nA:"
+LONG = {"max_tokens": 600, "ignore_eos": True, "temperature": 0.8}
+# Quiet-STaR thinks 8 tokens before every output token: a request that stays in flight.
+SLOW = {**LONG, "method": "quiet_star", "quiet_star": {"thought_tokens": 8}}
+
+
+@pytest.fixture
+def own_gateway(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def start(*args: str) -> Gateway:
+        gw = start_gateway(tiny_model_dir, tmp_path / f"gateway{len(started)}.log", *args)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        if gw.process.poll() is None:
+            stop_gateway(gw)
+
+
+def in_flight(gw: Gateway) -> float:
+    text = httpx.get(f"{gw.url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("thinkscale_requests_in_flight{")
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def sse_events(gw: Gateway, body: dict) -> list:
+    """Every `data:` payload of one streamed completion, `[DONE]` as the string."""
+    events: list = []
+    with httpx.stream(
+        "POST", f"{gw.url}/v1/completions", json={**body, "stream": True}, timeout=600
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                data = line.removeprefix("data:").strip()
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def openai_client(gw: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0, timeout=600)
+
+
+def post(gw: Gateway, body: dict) -> httpx.Response:
+    return httpx.post(f"{gw.url}/v1/completions", json=body, timeout=600)
+
+
+def streamed_text(events: list) -> str:
+    return "".join(c["text"] for e in events if isinstance(e, dict) for c in e.get("choices", []))
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(own_gateway) -> None:
+    gw = own_gateway("--shutdown-grace-s", "300")
+    client = openai_client(gw)
+    with ThreadPoolExecutor(4) as pool:
+        futures: dict[str, Future] = {
+            "baseline": pool.submit(
+                client.completions.create,
+                model="tiny",
+                prompt=PROMPT,
+                max_tokens=LONG["max_tokens"],
+                temperature=0.8,
+                extra_body={"ignore_eos": True},
+            ),
+            "quiet_star": pool.submit(
+                client.completions.create,
+                model="tiny",
+                prompt=PROMPT,
+                max_tokens=200,
+                extra_body={
+                    "ignore_eos": True,
+                    "method": "quiet_star",
+                    "quiet_star": {"thought_tokens": 8},
+                },
+            ),
+            "stream_quiet_star": pool.submit(
+                sse_events,
+                gw,
+                {
+                    **SLOW,
+                    "max_tokens": 200,
+                    "prompt": PROMPT,
+                    "stream_options": {"include_usage": True},
+                },
+            ),
+            "stream_rebase": pool.submit(
+                sse_events,
+                gw,
+                {
+                    "prompt": PROMPT,
+                    "max_tokens": 64,
+                    "method": "rebase",
+                    "rebase": {"width": 4, "max_depth": 4, "max_step_tokens": 16},
+                },
+            ),
+        }
+        wait_until(lambda: in_flight(gw) >= 4, 120, "4 requests in flight")
+        gw.process.send_signal(signal.SIGTERM)
+
+        # Draining: new work and /health get a 503, the in-flight requests keep running.
+        refused = post(gw, {"prompt": PROMPT, "max_tokens": 4})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "server_shutting_down"
+        health = httpx.get(f"{gw.url}/health", timeout=10)
+        assert (health.status_code, health.json()["status"]) == (503, "draining")
+
+        baseline = futures["baseline"].result(timeout=600)
+        assert baseline.choices[0].finish_reason == "length"
+        assert baseline.usage.completion_tokens == LONG["max_tokens"]
+        quiet = futures["quiet_star"].result(timeout=600)
+        assert quiet.usage.completion_tokens == 200
+        for name in ("stream_quiet_star", "stream_rebase"):
+            events = futures[name].result(timeout=600)
+            assert events[-1] == "[DONE]", name
+            assert not any(isinstance(e, dict) and "error" in e for e in events), name
+        stream_usage = futures["stream_quiet_star"].result()[-2]["usage"]
+        assert stream_usage["completion_tokens"] == 200
+
+    assert gw.process.wait(timeout=120) == 0, gw.log()[-3000:]
+
+
+def test_grace_period_end_cuts_requests_with_a_503_and_done(own_gateway) -> None:
+    gw = own_gateway("--shutdown-grace-s", "1")
+    with ThreadPoolExecutor(2) as pool:
+        stream = pool.submit(sse_events, gw, {**SLOW, "prompt": PROMPT})
+        plain = pool.submit(post, gw, {**SLOW, "prompt": PROMPT})
+        wait_until(lambda: in_flight(gw) >= 2, 120, "2 requests in flight")
+        gw.process.send_signal(signal.SIGTERM)
+
+        response = plain.result(timeout=120)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "server_shutting_down"
+        events = stream.result(timeout=120)
+        assert events[-1] == "[DONE]"
+        assert events[-2]["error"]["code"] == "server_shutting_down"
+    assert gw.process.wait(timeout=120) == 0, gw.log()[-3000:]
+
+
+def test_dead_engine_core_fails_requests_fast_and_exits_non_zero(own_gateway) -> None:
+    gw = own_gateway()
+    with ThreadPoolExecutor(2) as pool:
+        stream = pool.submit(sse_events, gw, {**SLOW, "prompt": PROMPT})
+        plain = pool.submit(post, gw, {**SLOW, "prompt": PROMPT})
+        wait_until(lambda: in_flight(gw) >= 2, 120, "2 requests in flight")
+
+        engine_cores = psutil.Process(gw.process.pid).children(recursive=True)
+        assert engine_cores, "the engine core runs in a child process"
+        for proc in engine_cores:
+            proc.send_signal(signal.SIGKILL)
+
+        response = plain.result(timeout=120)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "engine_dead"
+        events = stream.result(timeout=120)
+        assert events[-1] == "[DONE]"
+        assert events[-2]["error"]["code"] == "engine_dead"
+    code = gw.process.wait(timeout=60)
+    assert code != 0, gw.log()[-3000:]
+    assert "engine core died" in gw.log()
