@@ -92,3 +92,57 @@ def test_cancelled_waiter_is_withdrawn_and_running_job_is_cancelled() -> None:
 def test_rejects_zero_capacity() -> None:
     with pytest.raises(ValueError):
         ExpansionScheduler(0)
+
+
+def test_cancelling_a_request_whose_jobs_are_queued_leaks_no_slot() -> None:
+    """The leak of issue 9: a request is cancelled while it has running AND queued jobs.
+
+    Its running jobs free their slots first (their tasks wake first); the scheduler must not
+    hand those slots to the request's own queued jobs, whose waits are already cancelled."""
+
+    async def main() -> None:
+        scheduler = ExpansionScheduler(2)
+        never = asyncio.Event()
+
+        async def blocking() -> None:
+            await never.wait()
+
+        wide = [asyncio.create_task(scheduler.run("wide", blocking)) for _ in range(16)]
+        await asyncio.sleep(0)
+        assert (scheduler.in_flight, scheduler.queued) == (2, 14)
+        request = asyncio.gather(*wide)
+        request.cancel()  # what a client disconnect does to a REBASE level
+        outcomes = await asyncio.gather(*wide, return_exceptions=True)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+        assert (scheduler.in_flight, scheduler.queued) == (0, 0)
+        assert await asyncio.wait_for(scheduler.run("next", lambda: _job([], "ok")), 5) == "ok"
+
+    asyncio.run(main())
+
+
+def test_slots_alternate_between_keys_by_jobs_running() -> None:
+    """Two keys (two HTTP requests): each freed slot goes to the key running fewer jobs,
+    however many jobs the other key has queued; within a key, jobs start oldest first."""
+
+    async def main() -> list[str]:
+        scheduler = ExpansionScheduler(2)
+        log: list = []
+        gates: dict[str, asyncio.Event] = {}
+
+        def submit(key: str, name: str) -> asyncio.Task:
+            gates[name] = asyncio.Event()
+            return asyncio.create_task(scheduler.run(key, lambda: _job(log, name, gates[name])))
+
+        tasks = [submit("big", f"b{i}") for i in range(6)]
+        await asyncio.sleep(0)
+        tasks += [submit("small", f"s{i}") for i in range(2)]
+        await asyncio.sleep(0)
+        for name in ("b0", "b1", "s0", "b2", "s1", "b3", "b4", "b5"):
+            gates[name].set()
+            for _ in range(5):
+                await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        return [name for kind, name in log if kind == "start"]
+
+    # b0 frees -> small runs 0, big 1: s0. b1 frees -> big 0, small 1: b2. s0 frees -> s1.
+    assert asyncio.run(main()) == ["b0", "b1", "s0", "b2", "s1", "b3", "b4", "b5"]
