@@ -223,7 +223,8 @@ def _count(items) -> dict[str, int]:
 
 
 def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
-    """The process-wide scheduler that all trees share (created on first use)."""
+    """The process-wide scheduler that all trees share (created on first use); the
+    `thinkscale_rebase_jobs_in_flight` gauge reads its slot count."""
     scheduler = ctx.shared.get("rebase_scheduler")
     if scheduler is None:
         if ctx.settings.rebase_scheduler == "direct":
@@ -233,5 +234,6 @@ def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
                 ctx.settings.rebase_max_in_flight,
                 lambda method, queued: metrics.QUEUE_DEPTH.labels(method).set(queued),
             )
+        metrics.REBASE_JOBS_IN_FLIGHT.set_function(lambda: scheduler.in_flight)
         ctx.shared["rebase_scheduler"] = scheduler
     return scheduler
