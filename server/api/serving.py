@@ -200,6 +200,7 @@ class CompletionService:
                 request_id=f"{prepared.request_id}-p{prompt_index}",
                 details=prepared.details,
                 shared=self.shared,
+                http_request_id=prepared.request_id,
             )
             async for delta in prepared.method.run(ctx, inp):
                 delta.index += prompt_index * n

@@ -94,11 +94,18 @@ class MethodContext:
     engine: Engine
     meter: UsageMeter
     settings: Settings
-    request_id: str
+    request_id: str  # this prompt's: "<http request id>-p<prompt index>"
     details: dict[str, Any] = field(default_factory=dict)
     # Process-wide objects methods share across requests (schedulers, reward models), created
     # lazily by the method that needs them.
     shared: dict[str, Any] = field(default_factory=dict)
+    # The whole HTTP request's id, shared by all its prompts: the key under which shared
+    # schedulers are fair across requests (one request with many prompts is still one).
+    http_request_id: str = ""
+
+    @property
+    def fairness_key(self) -> str:
+        return self.http_request_id or self.request_id
 
 
 class Method(ABC):

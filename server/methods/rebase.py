@@ -130,7 +130,7 @@ class _Tree:
         remaining = self.inp.sampling.max_tokens - node.path_tokens
         prompt = self.inp.prompt_token_ids + self.root.token_ids + node.path_token_ids()
         step = await self.scheduler.run(
-            self.tree_id,
+            self.ctx.fairness_key,
             lambda: self.method.generate_step(
                 self.ctx,
                 self.inp,
@@ -168,7 +168,7 @@ class _Tree:
         async def job():
             return await self.reward.score(self.inp.prompt_text, steps_batch, meter=self.ctx.meter)
 
-        scores = await self.scheduler.run(self.tree_id, job, self.method.name)
+        scores = await self.scheduler.run(self.ctx.fairness_key, job, self.method.name)
         self.reward_calls += 1
         metrics.REWARD_CALLS.labels(self.method.name, self.reward.name).inc()
         for node, path_scores in zip(nodes, scores, strict=True):
