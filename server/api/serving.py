@@ -29,6 +29,7 @@ from server.api.protocol import (
 )
 from server.config import Settings
 from server.engine import Engine
+from server.limits import check_request_work
 from server.methods import METHODS, parameter_blocks
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput, SamplingSpec
 from server.methods.streams import merge_streams
@@ -78,6 +79,7 @@ class CompletionService:
         inputs = [self._method_input(request, p, params) for p in prompts]
         for inp in inputs:
             method.check(inp, self.engine)
+        check_request_work(method, inputs, s)
         return PreparedRequest(request, method, inputs, UsageMeter(self.engine.flops))
 
     def _method(self, request: CompletionRequest) -> Method:

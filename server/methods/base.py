@@ -20,6 +20,7 @@ from vllm.logprobs import Logprob
 
 from server.config import Settings
 from server.engine import Engine
+from server.limits import RequestWork
 from server.usage import UsageMeter
 
 
@@ -118,6 +119,13 @@ class Method(ABC):
     def check(self, inp: MethodInput, engine: Engine) -> None:
         """Reject inputs this method cannot serve (raise `APIError`); default accepts all."""
         return None
+
+    def work(self, inp: MethodInput) -> RequestWork:
+        """Upper bound of the engine work one prompt may cause: sequences alive at once and
+        tokens generated. Why: the gateway caps both per request before admitting it
+        (server/limits.py); a method that fans out (trees) or thinks (Quiet-STaR) must say
+        so here. Default: `n` independent sequences of up to `max_tokens` tokens each."""
+        return RequestWork((("n", inp.n),), inp.sampling.max_tokens)
 
     @abstractmethod
     def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:

@@ -21,6 +21,7 @@ from server import metrics
 from server.answers import extract_answer
 from server.api.errors import APIError
 from server.engine import Engine
+from server.limits import RequestWork
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
 from server.methods.streams import merge_streams
 from server.rebase.aggregation import aggregate
@@ -46,6 +47,13 @@ class Rebase(Method):
                 "rebase.step_delimiter",
                 param="stop",
             )
+
+    def work(self, inp: MethodInput) -> RequestWork:
+        """`n` trees of up to `width` live nodes each (one engine sequence per node), every
+        path up to `max_tokens` long."""
+        params: RebaseParams = inp.params["rebase"]  # type: ignore[assignment]
+        factors = (("n", inp.n), ("rebase.width", params.width))
+        return RequestWork(factors, inp.sampling.max_tokens)
 
     def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
         return merge_streams([self._search(ctx, inp, i) for i in range(inp.n)])

@@ -1,4 +1,5 @@
-"""End-to-end: the REBASE scheduler at a small cap survives cancelled wide trees (issue 9).
+"""End-to-end: the REBASE scheduler at a small cap survives cancelled wide trees (issue 9), and
+a request over the per-request work bound is answered 400.
 
 Why its own gateway: the leak needs trees wider than the scheduler's cap. At the default cap
 (64) only very wide trees leak, so this module starts a gateway with `--rebase-max-in-flight 2`
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import Gateway, start_gateway, stop_gateway
-from tests.e2e.test_rebase import engine_requests, rebase_body, scrape
+from tests.e2e.test_rebase import QUESTION, SMALL_TREE, engine_requests, rebase_body, scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -95,3 +96,14 @@ def test_cancelled_wide_trees_give_back_every_slot(small_cap: Gateway, http) -> 
     assert samples[JOBS_IN_FLIGHT] == 0
     assert samples['thinkscale_queue_depth{method="rebase"}'] == 0
     assert samples['thinkscale_requests_in_flight{method="rebase"}'] == 0
+
+
+def test_request_over_the_work_bound_is_a_400(http) -> None:
+    # 2 prompts x n=16 x width 64 = 2048 engine sequences > the default 1024.
+    body = rebase_body(prompt=[QUESTION, QUESTION], n=16, rebase={**SMALL_TREE, "width": 64})
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "rebase.width"
+    assert "2048 engine sequences" in error["message"]
+    assert "max_request_sequences=1024" in error["message"]
