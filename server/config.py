@@ -98,6 +98,18 @@ class Settings(BaseSettings):
     )
     max_n: int = Field(16, ge=1, le=128, description="Largest `n` a request may ask for.")
     max_prompts_per_request: int = Field(32, ge=1, description="Largest list of prompts.")
+    max_request_sequences: int = Field(
+        1024,
+        ge=1,
+        description="Engine sequences one request may hold at once (prompts x n, x rebase.width "
+        "for tree search); more get 400, so one request cannot take the whole engine.",
+    )
+    max_request_tokens: int = Field(
+        4_000_000,
+        ge=1,
+        description="Tokens one request may generate at most (sequences x max_tokens, Quiet-STaR "
+        "thoughts included); more get 400.",
+    )
     request_timeout_s: float = Field(1800.0, gt=0, description="Abort a request after this long.")
 
 

@@ -69,6 +69,13 @@ QUEUE_DEPTH = Gauge(
     "Work items waiting for a slot in a method's scheduler (e.g. REBASE node expansions).",
     ["method"],
 )
+# Read from the scheduler itself at scrape time (bound in server/methods/rebase.py), so it shows
+# the scheduler's own slot count: 0 whenever no REBASE work runs, or slots have leaked.
+REBASE_JOBS_IN_FLIGHT = Gauge(
+    "thinkscale_rebase_jobs_in_flight",
+    "Engine jobs (expansions, scoring calls) holding a slot of the REBASE scheduler "
+    "(at most --rebase-max-in-flight).",
+)
 
 # --- REBASE ------------------------------------------------------------------------------
 REBASE_NODES = Histogram(

@@ -30,6 +30,7 @@ from server.api.protocol import (
 from server.config import Settings
 from server.engine import Engine
 from server.lifecycle import Lifecycle
+from server.limits import check_request_work
 from server.methods import METHODS, parameter_blocks
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput, SamplingSpec
 from server.methods.streams import merge_streams
@@ -83,6 +84,7 @@ class CompletionService:
         inputs = [self._method_input(request, method, p, params) for p in prompts]
         for inp in inputs:
             method.check(inp, self.engine)
+        check_request_work(method, inputs, s)
         return PreparedRequest(request, method, inputs, UsageMeter(self.engine.flops))
 
     def _method(self, request: CompletionRequest) -> Method:
@@ -211,6 +213,7 @@ class CompletionService:
                 request_id=f"{prepared.request_id}-p{prompt_index}",
                 details=prepared.details,
                 shared=self.shared,
+                http_request_id=prepared.request_id,
             )
             async for delta in prepared.method.run(ctx, inp):
                 delta.index += prompt_index * n

@@ -20,6 +20,7 @@ from vllm.logprobs import Logprob
 
 from server.config import Settings
 from server.engine import Engine
+from server.limits import RequestWork
 from server.usage import UsageMeter
 
 
@@ -94,11 +95,18 @@ class MethodContext:
     engine: Engine
     meter: UsageMeter
     settings: Settings
-    request_id: str
+    request_id: str  # this prompt's: "<http request id>-p<prompt index>"
     details: dict[str, Any] = field(default_factory=dict)
     # Process-wide objects methods share across requests (schedulers, reward models), created
     # lazily by the method that needs them.
     shared: dict[str, Any] = field(default_factory=dict)
+    # The whole HTTP request's id, shared by all its prompts: the key under which shared
+    # schedulers are fair across requests (one request with many prompts is still one).
+    http_request_id: str = ""
+
+    @property
+    def fairness_key(self) -> str:
+        return self.http_request_id or self.request_id
 
 
 class Method(ABC):
@@ -119,6 +127,13 @@ class Method(ABC):
         `max_tokens` means something else (REBASE: the token budget of every path) overrides
         this, so an omitted field does not silently cut every path to 16 tokens."""
         return None
+
+    def work(self, inp: MethodInput) -> RequestWork:
+        """Upper bound of the engine work one prompt may cause: sequences alive at once and
+        tokens generated. Why: the gateway caps both per request before admitting it
+        (server/limits.py); a method that fans out (trees) or thinks (Quiet-STaR) must say
+        so here. Default: `n` independent sequences of up to `max_tokens` tokens each."""
+        return RequestWork((("n", inp.n),), inp.sampling.max_tokens)
 
     @abstractmethod
     def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from server.api.errors import APIError
 from server.detokenize import IncrementalText
 from server.engine import Engine
+from server.limits import RequestWork
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
 from server.methods.streams import merge_streams
 from server.quiet_star.decoder import QuietStarDecoder
@@ -31,6 +32,12 @@ class QuietStar(Method):
             raise APIError(f"logprobs is not supported by method '{self.name}'", param="logprobs")
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         resolve_delimiters(engine.tokenizer, params.start_token, params.end_token)
+
+    def work(self, inp: MethodInput) -> RequestWork:
+        """`n` sequences; each output token may be a whole thought (a step can be one token)."""
+        params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
+        tokens = params.positions(inp.sampling.max_tokens)
+        return RequestWork((("n", inp.n),), tokens, params.positions_note())
 
     def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
         return merge_streams([self._sample(ctx, inp, i) for i in range(inp.n)])

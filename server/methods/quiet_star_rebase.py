@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from server.detokenize import IncrementalText
 from server.engine import Engine
+from server.limits import RequestWork
 from server.methods.base import MethodContext, MethodInput
 from server.methods.rebase import GeneratedStep, Rebase
 from server.quiet_star.decoder import QuietStarDecoder
@@ -34,6 +35,15 @@ class QuietStarRebase(Rebase):
         super().check(inp, engine)
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         resolve_delimiters(engine.tokenizer, params.start_token, params.end_token)
+
+    def work(self, inp: MethodInput) -> RequestWork:
+        """REBASE's sequences; each path thinks per token, or once per step (node) with
+        `think="step_start"`, so at most `max_depth` thoughts."""
+        tree = super().work(inp)
+        rebase: RebaseParams = inp.params["rebase"]  # type: ignore[assignment]
+        thinking: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
+        tokens = thinking.positions(inp.sampling.max_tokens, max_steps=rebase.max_depth)
+        return RequestWork(tree.factors, tokens, thinking.positions_note())
 
     async def generate_step(
         self,

@@ -21,6 +21,7 @@ from server import metrics
 from server.answers import extract_answer
 from server.api.errors import APIError
 from server.engine import Engine
+from server.limits import RequestWork
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
 from server.methods.streams import merge_streams
 from server.rebase.aggregation import aggregate, voting_leaves
@@ -52,6 +53,13 @@ class Rebase(Method):
         within the context the prompt leaves."""
         rebase: RebaseParams = params["rebase"]  # type: ignore[assignment]
         return min(room, rebase.max_depth * rebase.max_step_tokens)
+
+    def work(self, inp: MethodInput) -> RequestWork:
+        """`n` trees of up to `width` live nodes each (one engine sequence per node), every
+        path up to `max_tokens` long."""
+        params: RebaseParams = inp.params["rebase"]  # type: ignore[assignment]
+        factors = (("n", inp.n), ("rebase.width", params.width))
+        return RequestWork(factors, inp.sampling.max_tokens)
 
     def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
         return merge_streams([self._search(ctx, inp, i) for i in range(inp.n)])
@@ -136,7 +144,7 @@ class _Tree:
         remaining = self.inp.sampling.max_tokens - node.path_tokens
         prompt = self.inp.prompt_token_ids + self.root.token_ids + node.path_token_ids()
         step = await self.scheduler.run(
-            self.tree_id,
+            self.ctx.fairness_key,
             lambda: self.method.generate_step(
                 self.ctx,
                 self.inp,
@@ -174,7 +182,7 @@ class _Tree:
         async def job():
             return await self.reward.score(self.inp.prompt_text, steps_batch, meter=self.ctx.meter)
 
-        scores = await self.scheduler.run(self.tree_id, job, self.method.name)
+        scores = await self.scheduler.run(self.ctx.fairness_key, job, self.method.name)
         self.reward_calls += 1
         metrics.REWARD_CALLS.labels(self.method.name, self.reward.name).inc()
         for node, path_scores in zip(nodes, scores, strict=True):
@@ -230,7 +238,8 @@ def _count(items) -> dict[str, int]:
 
 
 def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
-    """The process-wide scheduler that all trees share (created on first use)."""
+    """The process-wide scheduler that all trees share (created on first use); the
+    `thinkscale_rebase_jobs_in_flight` gauge reads its slot count."""
     scheduler = ctx.shared.get("rebase_scheduler")
     if scheduler is None:
         if ctx.settings.rebase_scheduler == "direct":
@@ -240,5 +249,6 @@ def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
                 ctx.settings.rebase_max_in_flight,
                 lambda method, queued: metrics.QUEUE_DEPTH.labels(method).set(queued),
             )
+        metrics.REBASE_JOBS_IN_FLIGHT.set_function(lambda: scheduler.in_flight)
         ctx.shared["rebase_scheduler"] = scheduler
     return scheduler

@@ -31,3 +31,17 @@ class QuietStarParams(BaseModel):
     )
     end_token: str | None = Field(None, max_length=64)
     return_thoughts: bool = Field(False, description="Return each token's thought text.")
+
+    def positions(self, max_tokens: int, max_steps: int | None = None) -> int:
+        """Engine positions one sequence of up to `max_tokens` output tokens may decode: one per
+        output token, plus start + thought + end (`thought_tokens + 2`) per thought. A thought
+        comes before every token, or with `think="step_start"` before each step's first token
+        (at most `max_steps` steps, and never more than one per token)."""
+        thoughts = max_tokens
+        if self.think == "step_start" and max_steps is not None:
+            thoughts = min(max_steps, max_tokens)
+        return max_tokens + thoughts * (self.thought_tokens + 2)
+
+    def positions_note(self) -> str:
+        """How `positions` grows, for error messages."""
+        return f"thoughts included: quiet_star.thought_tokens={self.thought_tokens} + 2 each"

@@ -2,13 +2,20 @@
 
 Why: each tree is level-synchronous (a depth waits for its slowest node), but trees must not
 wait for each other, the engine's KV cache must not be flooded with more sequences than it can
-hold (preemption recomputes prefixes and wastes the cache), and a wide tree must not starve a
-narrow one. Every tree hands its ready work (node expansions, PRM scoring calls) here; the
-scheduler keeps at most `max_in_flight` jobs running and, whenever a slot frees, starts the
-oldest waiting job of the tree that has the fewest jobs running (fair share across requests).
+hold (preemption recomputes prefixes and wastes the cache), and one big request must not starve
+the others. Every tree hands its ready work (node expansions, PRM scoring calls) here under a
+fairness key, the id of its HTTP request (all trees of a request share it); the scheduler keeps
+at most `max_in_flight` jobs running and, whenever a slot frees, starts the oldest waiting job
+of the key that has the fewest jobs running (fair share across requests).
 
 Jobs run in the caller's task: cancelling a request (client gone, timeout) cancels its jobs,
 which aborts their engine requests, and withdraws the ones still queued.
+
+Slot accounting (docs/architecture.md): a slot is taken only by `_grant`, which marks the
+ticket granted, and given back only by the task that holds the ticket, once. A cancelled
+waiter's future is cancelled at once, but its task runs its cleanup only on a later loop turn;
+a slot freed in between must skip such a ticket, never hand it the slot (issue 9: the grant
+raised InvalidStateError and the slot was lost for good).
 """
 
 from __future__ import annotations
@@ -25,16 +32,17 @@ T = TypeVar("T")
 
 @dataclass(eq=False)
 class _Ticket:
-    tree: str
+    key: str
     seq: int
     label: str
-    granted: asyncio.Future = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    # Resolved by the scheduler when the job may start; cancelled (by asyncio) when the
+    # waiting task is cancelled.
+    wake: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    holds_slot: bool = False  # set by `_grant`, cleared by `_release`: the one source of truth
 
 
 class ExpansionScheduler:
-    """Bounded, fair admission of engine jobs from many trees."""
+    """Bounded, fair admission of engine jobs from many requests."""
 
     def __init__(
         self, max_in_flight: int, on_queue_change: Callable[[str, int], None] | None = None
@@ -57,18 +65,20 @@ class ExpansionScheduler:
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
-    async def run(self, tree: str, job: Callable[[], Awaitable[T]], label: str = "") -> T:
-        """Wait for a slot (fairly), then run `job()` in this task and free the slot.
-        `label` (e.g. the method) only groups the queue-depth reports."""
-        ticket = _Ticket(tree, next(self._seq), label)
-        self._queues.setdefault(tree, deque()).append(ticket)
+    async def run(self, key: str, job: Callable[[], Awaitable[T]], label: str = "") -> T:
+        """Wait for a slot (fairly among keys), then run `job()` in this task and free the slot.
+        `key` is the fairness key (the HTTP request id); `label` (e.g. the method) only groups
+        the queue-depth reports."""
+        ticket = _Ticket(key, next(self._seq), label)
+        self._queues.setdefault(key, deque()).append(ticket)
         self._count(label, +1)
         self._dispatch()
         try:
-            await ticket.granted
-        except asyncio.CancelledError:
-            if ticket.granted.done() and not ticket.granted.cancelled():
-                self._release(ticket)  # granted just before the cancel arrived
+            await ticket.wake
+        except BaseException:
+            # Cancelled while queued, or granted just before the cancel arrived.
+            if ticket.holds_slot:
+                self._release(ticket)
             else:
                 self._withdraw(ticket)
             raise
@@ -78,44 +88,59 @@ class ExpansionScheduler:
             self._release(ticket)
 
     def _dispatch(self) -> None:
+        """Fill free slots from the queues; drop tickets whose waiter is already gone."""
         while self._in_flight < self.max_in_flight:
             ticket = self._next_ticket()
             if ticket is None:
                 break
-            self._queues[ticket.tree].popleft()
-            if not self._queues[ticket.tree]:
-                del self._queues[ticket.tree]
-            self._in_flight += 1
-            self._running[ticket.tree] = self._running.get(ticket.tree, 0) + 1
-            self._count(ticket.label, -1)
-            ticket.granted.set_result(None)
+            self._pop(ticket)
+            if ticket.wake.done():  # cancelled: its task has not run its cleanup yet
+                continue
+            self._grant(ticket)
 
     def _next_ticket(self) -> _Ticket | None:
-        """The head of the queue whose tree runs fewest jobs; ties: the oldest job."""
+        """The head of the queue whose key runs fewest jobs; ties: the oldest job."""
         best: _Ticket | None = None
-        best_key: tuple[int, int] | None = None
+        best_rank: tuple[int, int] | None = None
         for queue in self._queues.values():
             head = queue[0]
-            key = (self._running.get(head.tree, 0), head.seq)
-            if best_key is None or key < best_key:
-                best, best_key = head, key
+            rank = (self._running.get(head.key, 0), head.seq)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = head, rank
         return best
 
+    def _pop(self, ticket: _Ticket) -> None:
+        queue = self._queues[ticket.key]
+        queue.popleft()
+        if not queue:
+            del self._queues[ticket.key]
+        self._count(ticket.label, -1)
+
+    def _grant(self, ticket: _Ticket) -> None:
+        ticket.holds_slot = True
+        self._in_flight += 1
+        self._running[ticket.key] = self._running.get(ticket.key, 0) + 1
+        ticket.wake.set_result(None)
+
     def _release(self, ticket: _Ticket) -> None:
+        if not ticket.holds_slot:  # never give back a slot twice
+            return
+        ticket.holds_slot = False
         self._in_flight -= 1
-        remaining = self._running[ticket.tree] - 1
+        remaining = self._running[ticket.key] - 1
         if remaining:
-            self._running[ticket.tree] = remaining
+            self._running[ticket.key] = remaining
         else:
-            del self._running[ticket.tree]
+            del self._running[ticket.key]
         self._dispatch()
 
     def _withdraw(self, ticket: _Ticket) -> None:
-        queue = self._queues.get(ticket.tree)
+        """Take a cancelled waiter out of its queue, unless `_dispatch` already dropped it."""
+        queue = self._queues.get(ticket.key)
         if queue is not None and ticket in queue:
             queue.remove(ticket)
             if not queue:
-                del self._queues[ticket.tree]
+                del self._queues[ticket.key]
             self._count(ticket.label, -1)
 
     def _count(self, label: str, change: int) -> None:
@@ -133,5 +158,5 @@ class DirectScheduler:
     in_flight = 0
     queued = 0
 
-    async def run(self, tree: str, job: Callable[[], Awaitable[T]], label: str = "") -> T:
+    async def run(self, key: str, job: Callable[[], Awaitable[T]], label: str = "") -> T:
         return await job()

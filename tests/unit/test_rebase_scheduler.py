@@ -6,6 +6,10 @@ import asyncio
 
 import pytest
 
+from server.config import Settings
+from server.methods.base import MethodContext, MethodInput, SamplingSpec
+from server.methods.rebase import GeneratedStep, Rebase
+from server.rebase.params import RebaseParams
 from server.rebase.scheduler import ExpansionScheduler
 
 
@@ -92,3 +96,108 @@ def test_cancelled_waiter_is_withdrawn_and_running_job_is_cancelled() -> None:
 def test_rejects_zero_capacity() -> None:
     with pytest.raises(ValueError):
         ExpansionScheduler(0)
+
+
+def test_cancelling_a_request_whose_jobs_are_queued_leaks_no_slot() -> None:
+    """The leak of issue 9: a request is cancelled while it has running AND queued jobs.
+
+    Its running jobs free their slots first (their tasks wake first); the scheduler must not
+    hand those slots to the request's own queued jobs, whose waits are already cancelled."""
+
+    async def main() -> None:
+        scheduler = ExpansionScheduler(2)
+        never = asyncio.Event()
+
+        async def blocking() -> None:
+            await never.wait()
+
+        wide = [asyncio.create_task(scheduler.run("wide", blocking)) for _ in range(16)]
+        await asyncio.sleep(0)
+        assert (scheduler.in_flight, scheduler.queued) == (2, 14)
+        request = asyncio.gather(*wide)
+        request.cancel()  # what a client disconnect does to a REBASE level
+        outcomes = await asyncio.gather(*wide, return_exceptions=True)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+        assert (scheduler.in_flight, scheduler.queued) == (0, 0)
+        assert await asyncio.wait_for(scheduler.run("next", lambda: _job([], "ok")), 5) == "ok"
+
+    asyncio.run(main())
+
+
+def test_slots_alternate_between_keys_by_jobs_running() -> None:
+    """Two keys (two HTTP requests): each freed slot goes to the key running fewer jobs,
+    however many jobs the other key has queued; within a key, jobs start oldest first."""
+
+    async def main() -> list[str]:
+        scheduler = ExpansionScheduler(2)
+        log: list = []
+        gates: dict[str, asyncio.Event] = {}
+
+        def submit(key: str, name: str) -> asyncio.Task:
+            gates[name] = asyncio.Event()
+            return asyncio.create_task(scheduler.run(key, lambda: _job(log, name, gates[name])))
+
+        tasks = [submit("big", f"b{i}") for i in range(6)]
+        await asyncio.sleep(0)
+        tasks += [submit("small", f"s{i}") for i in range(2)]
+        await asyncio.sleep(0)
+        for name in ("b0", "b1", "s0", "b2", "s1", "b3", "b4", "b5"):
+            gates[name].set()
+            for _ in range(5):
+                await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        return [name for kind, name in log if kind == "start"]
+
+    # b0 frees -> small runs 0, big 1: s0. b1 frees -> big 0, small 1: b2. s0 frees -> s1.
+    assert asyncio.run(main()) == ["b0", "b1", "s0", "b2", "s1", "b3", "b4", "b5"]
+
+
+class _RecordingScheduler:
+    """Stands in for the process-wide scheduler: records the key of every job."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    async def run(self, key: str, job, label: str = ""):
+        self.keys.append(key)
+        return await job()
+
+
+class _OneStepRebase(Rebase):
+    """Every step states an answer at once, so each tree is one level (no engine)."""
+
+    async def generate_step(self, ctx, inp, prompt, *, max_tokens, stops, seed) -> GeneratedStep:
+        return GeneratedStep([5, 6], "The answer is 7", "length", None)
+
+
+def test_all_trees_of_one_http_request_share_one_fairness_key() -> None:
+    """Fairness is across HTTP requests: 2 prompts x n=3 trees must not count as 6 requests."""
+    scheduler = _RecordingScheduler()
+    shared = {"rebase_scheduler": scheduler}
+    inp = MethodInput(
+        prompt_token_ids=[1, 2, 3],
+        prompt_text="Q: 3 + 4?",
+        n=3,
+        sampling=SamplingSpec(max_tokens=32),
+        params={"rebase": RebaseParams(width=4)},
+    )
+
+    async def main() -> int:
+        choices = 0
+        for prompt_index in range(2):
+            ctx = MethodContext(
+                engine=None,  # type: ignore[arg-type]  # unused: no root prefix to encode
+                meter=None,  # type: ignore[arg-type]  # the arithmetic PRM charges nothing
+                settings=Settings(),
+                request_id=f"cmpl-abc-p{prompt_index}",
+                http_request_id="cmpl-abc",
+                shared=shared,
+            )
+            async for delta in _OneStepRebase().run(ctx, inp):
+                choices += delta.finish_reason is not None
+        return choices
+
+    assert asyncio.run(main()) == 6
+    # Per tree: 4 expansions + 1 scoring call; 6 trees.
+    assert len(scheduler.keys) == 6 * 5
+    assert set(scheduler.keys) == {"cmpl-abc"}
