@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from loadtest.data import DataError, default_source, load_problems
+from loadtest.harness.lock import LockHeld, measurement_lock
 from loadtest.prompts import DEFAULT_TEMPLATE, PromptBuilder, load_chat_tokenizer
 from loadtest.protocols import ANSWER_METHOD_KEY, PROTOCOLS, MethodConfig, Protocol
 from loadtest.runner import RunSettings
@@ -130,6 +131,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--save-text", action="store_true", help="keep generated texts in records")
+    g.add_argument(
+        "--wait-lock",
+        action="store_true",
+        help="queue behind another measurement (the machine-wide lock, "
+        "$THINKSCALE_BENCH_LOCK) instead of failing",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +185,16 @@ class DataChoice:
     offset: int
     shuffle: bool
     seed: int
+
+    def load(self) -> list:
+        return load_problems(
+            self.source,
+            self.split,
+            limit=self.limit,
+            offset=self.offset,
+            shuffle=self.shuffle,
+            seed=self.seed,
+        )
 
 
 def resolve_data(args: argparse.Namespace, proto: Protocol | None = None) -> DataChoice:
@@ -292,14 +309,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = resolve_settings(args, proto, data)
     if settings.n > 1 and settings.temperature == 0:
         _log("warning: --n > 1 at temperature 0 draws the same sample n times")
-    problems = load_problems(
-        data.source,
-        data.split,
-        limit=data.limit,
-        offset=data.offset,
-        shuffle=data.shuffle,
-        seed=data.seed,
-    )
+    problems = data.load()
     if not problems:
         raise SystemExit("error: no problems selected")
     build = resolve_prompt(args, data, proto)
@@ -327,7 +337,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
 
     try:
-        records = asyncio.run(go())
+        with measurement_lock(f"loadtest run {args.url}", wait=args.wait_lock):
+            records = asyncio.run(go())
+    except LockHeld as exc:
+        raise SystemExit(f"error: {exc}") from None
     except httpx.HTTPError as exc:
         raise SystemExit(f"error: cannot talk to the server at {args.url}: {exc}") from None
     if not records:
@@ -370,14 +383,7 @@ def cmd_export_bench(args: argparse.Namespace) -> int:
     from loadtest.bench import bench_command, write_bench_dataset
 
     data = resolve_data(args)
-    problems = load_problems(
-        data.source,
-        data.split,
-        limit=data.limit,
-        offset=data.offset,
-        shuffle=data.shuffle,
-        seed=data.seed,
-    )
+    problems = data.load()
     build = resolve_prompt(args, data)
     count = write_bench_dataset(args.out, problems, build, args.output_tokens)
     _log(f"wrote {count} prompts to {args.out}; replay them with:")
