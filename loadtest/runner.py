@@ -20,16 +20,18 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from loadtest.client import CallResult, GatewayClient
+from loadtest.conventions import DEFAULT_MAX_STEP_TOKENS, seed_first_integer, seed_tokens
 from loadtest.data import Problem
 from loadtest.harness.driver import drive
 from loadtest.protocols import MethodConfig
 from loadtest.records import Record
 from server.answers import answers_match, extract_answer, first_integer
 
-Extractor = Literal["auto", "first_integer"]
+Extractor = Literal["auto", "first_integer", "seed"]
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {
     "auto": extract_answer,
     "first_integer": first_integer,
+    "seed": seed_first_integer,
 }
 
 
@@ -117,6 +119,8 @@ async def solve(
     start = time.perf_counter()
     body = _request_body(config, settings, problem, prompt)
     first = await client.complete(body)
+    step_tokens = (config.body.get("rebase") or {}).get("max_step_tokens", DEFAULT_MAX_STEP_TOKENS)
+    record.seed_tokens = seed_tokens(first.usage, first.details, step_tokens)
     record.add_usage(first.usage)
     record.ttft = first.ttft
     texts = list(first.texts)
@@ -127,6 +131,7 @@ async def solve(
             _answer_body(config, settings, body, [prompt + t + suffix for t in texts])
         )
         record.add_usage(second.usage)
+        record.seed_tokens += seed_tokens(second.usage, second.details, step_tokens)
         error = second.error
         tails = second.texts + [""] * (len(texts) - len(second.texts))
         texts = [t + suffix + tail for t, tail in zip(texts, tails, strict=False)]
