@@ -19,7 +19,7 @@ def fmt_spread(s: Mapping[str, float | int | None], digits: int = 2) -> str:
     """ "median (min-max)" of a :func:`loadtest.harness.results.spread`."""
     if s.get("median") is None:
         return DASH
-    if s["n"] == 1:
+    if s["n"] == 1 or s["min"] == s["max"]:
         return fmt(s["median"], digits)
     return f"{fmt(s['median'], digits)} ({fmt(s['min'], digits)}–{fmt(s['max'], digits)})"
 
