@@ -63,7 +63,7 @@ def bodies(args: argparse.Namespace, model: str, side: str, seed: int, count: in
             "ignore_eos": True,
             **EXTRA_BODY[side],
         }
-        for p in random_token_prompts(count, args.input_len, seed)
+        for p in random_token_prompts(count, args.input_len, seed, *args.token_ids)
     ]
 
 
@@ -167,6 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--vllm-bench", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--token-ids",
+        type=int,
+        nargs=2,
+        default=(1000, 40000),
+        metavar=("LOW", "HIGH"),
+        help="prompt token ids are drawn from [LOW, HIGH) (default: SmolLM2's plain text range)",
+    )
     args = p.parse_args(argv)
 
     def body(save: cli.Save) -> dict[str, Any]:
