@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtest.data import Problem, default_source, load_problems
+from loadtest.data import DataError, Problem, default_source, load_problems
 from loadtest.harness.lock import LockHeld, measurement_lock
 from loadtest.harness.results import write_result
 from loadtest.harness.rounds import DEFAULT_ROUNDS
@@ -67,7 +67,7 @@ def run_benchmark(
     try:
         with measurement_lock(name, wait=args.wait_lock):
             payload = body(lambda partial: write_result(args.out, name, partial, partial=True))
-    except LockHeld as exc:
+    except (LockHeld, DataError) as exc:
         raise SystemExit(f"error: {exc}") from None
     write_result(args.out, name, payload)
     print(f"wrote {args.out}", flush=True)
