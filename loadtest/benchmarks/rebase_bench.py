@@ -134,6 +134,9 @@ def session(args, tree: TreeSettings, rnd: int, name: str, best_of_n: bool) -> d
     qs = cli.questions(args, args.questions)
     log = cli.logs_dir(args) / f"r{rnd}-{name}.log"
     with start_gateway(engine, log, "--rebase-scheduler", scheduler, attempts=2) as gw:
+        # Warm-up (allocator, first batches), on a prompt the trees do not share.
+        warm = {"model": engine.name(), "prompt": "Warm-up.", "max_tokens": 16, "n": 2}
+        run_bodies(gw.url, [warm], concurrency=1)
         before = scrape_metrics(gw.url)
         done = run_bodies(
             gw.url, [tree.body(engine.name(), p, q) for p, q in qs], concurrency=concurrency
@@ -286,8 +289,8 @@ def tables(payload: dict[str, Any]) -> dict[str, str]:
             [
                 [
                     k,
-                    fmt(tot[f"rebase_{k}"] / len(bon["n"]) / 1e12, 3) + " T",
-                    fmt(tot[f"best_of_n_{k}"] / len(bon["n"]) / 1e12, 3) + " T",
+                    f"{tot[f'rebase_{k}'] / len(bon['n']) / 1e12:.4g} T",
+                    f"{tot[f'best_of_n_{k}'] / len(bon['n']) / 1e12:.4g} T",
                     _ratio(tot[f"rebase_{k}"], tot[f"best_of_n_{k}"]),
                 ]
                 for k in ("executed", "nominal")

@@ -69,6 +69,6 @@ def run_benchmark(
             payload = body(lambda partial: write_result(args.out, name, partial, partial=True))
     except (LockHeld, DataError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    write_result(args.out, name, payload)
+    written = write_result(args.out, name, payload)
     print(f"wrote {args.out}", flush=True)
-    return payload
+    return written

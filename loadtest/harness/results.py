@@ -112,11 +112,15 @@ def _module_argv(argv: list[str]) -> list[str]:
     return argv
 
 
-def write_result(path: Path, benchmark: str, payload: dict[str, Any], *, partial: bool = False):
-    """Write ``{"benchmark", "provenance", "partial", **payload}`` as indented JSON."""
+def write_result(
+    path: Path, benchmark: str, payload: dict[str, Any], *, partial: bool = False
+) -> dict[str, Any]:
+    """Write ``{"benchmark", "provenance", "partial", **payload}`` as indented JSON; return it
+    as read back (what the docs will see)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": benchmark, "partial": partial, "provenance": provenance(), **payload}
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return read_result(path)
 
 
 def read_result(path: Path) -> dict[str, Any]:

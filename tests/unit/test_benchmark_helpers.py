@@ -93,3 +93,25 @@ def test_parse_config() -> None:
     assert parse_config("fair8") == ("fair", 8) and parse_config("direct16") == ("direct", 16)
     with pytest.raises(ValueError):
         parse_config("fast8")
+
+
+def test_gateway_overhead_summary_is_median_over_rounds_and_ratio_of_medians() -> None:
+    from loadtest.benchmarks.gateway_overhead import METRICS, summary, tables
+
+    def view(rps: float) -> dict:
+        return {key: rps for key, _, _ in METRICS}
+
+    sessions = [
+        {"side": "vllm", "round": 1, "client": view(1.0)},
+        {"side": "gateway", "round": 1, "client": view(0.9)},
+        {"side": "gateway", "round": 2, "client": view(1.2)},
+        {"side": "vllm", "round": 2, "client": view(1.2)},
+        {"side": "vllm", "round": 3, "client": view(5.0)},  # one disturbed session
+        {"side": "gateway", "round": 3, "client": view(1.1)},
+    ]
+    s = summary(sessions, "client")["requests_per_s"]
+    assert s["vllm"] == {"median": 1.2, "min": 1.0, "max": 5.0, "n": 3}
+    assert s["gateway"]["median"] == 1.1
+    assert s["ratio"] == pytest.approx(1.1 / 1.2)
+    text = tables({"summary": {"client": summary(sessions, "client")}})["gateway_overhead.client"]
+    assert "| req/s | 1.200 (1.000–5.000) | 1.100 (0.900–1.200) | 0.917 |" in text
