@@ -357,27 +357,21 @@ def tables(payload: dict[str, Any]) -> dict[str, str]:
         ]
         return {name: markdown_table(["implementation", "s / output token", "HF / this"], rows)}
     if name == "quiet_star_methods":
-        keys = (
-            "seconds_per_question",
-            "gflops_executed",
-            "gflops_nominal",
-            "thought_tokens",
-            "engine_calls",
-            "correct",
-        )
+        keys = {  # key -> (column, digits)
+            "seconds_per_question": ("s / question", 2),
+            "gflops_executed": ("GFLOPs executed / q", 1),
+            "gflops_nominal": ("GFLOPs nominal / q", 1),
+            "thought_tokens": ("thought tok / q", 0),
+            "engine_calls": ("engine calls / q", 1),
+            "correct": (f"correct (of {payload['settings']['questions']})", 0),
+        }
         rows = []
         for side in dict.fromkeys(s["side"] for s in payload["sessions"]):
             mine = [s for s in payload["sessions"] if s["side"] == side]
-            rows.append([side] + [fmt_spread(spread(s[k] for s in mine), 1) for k in keys])
-        header = [
-            "config",
-            "s / question",
-            "GFLOPs executed / q",
-            "GFLOPs nominal / q",
-            "thought tok / q",
-            "engine calls / q",
-            "correct",
-        ]
+            rows.append(
+                [side] + [fmt_spread(spread(s[k] for s in mine), d) for k, (_, d) in keys.items()]
+            )
+        header = ["config"] + [column for column, _ in keys.values()]
         return {name: markdown_table(header, rows)}
     rows = [
         [
