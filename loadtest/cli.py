@@ -20,12 +20,14 @@ from typing import Any
 
 import httpx
 
+from loadtest.conventions import PAPER_GFLOPS_PER_TOKEN
 from loadtest.data import DataError, default_source, load_problems
+from loadtest.harness.lock import LockHeld, measurement_lock
 from loadtest.prompts import DEFAULT_TEMPLATE, PromptBuilder, load_chat_tokenizer
 from loadtest.protocols import ANSWER_METHOD_KEY, PROTOCOLS, MethodConfig, Protocol
 from loadtest.runner import RunSettings
 
-COMMANDS = ("run", "report", "export-bench")
+COMMANDS = ("run", "report", "export-bench", "docs")
 
 
 # ---- shared options ------------------------------------------------------------------------------
@@ -113,9 +115,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--answer-max-tokens", type=int, help="tokens of the second pass (default 12)")
     g.add_argument(
         "--extractor",
-        choices=("auto", "first_integer"),
-        help="answer extraction (default: first_integer with --answer-suffix, "
+        choices=("auto", "first_integer", "seed"),
+        help="answer extraction (default: the protocol's, 'seed' for --protocol seed = the "
+        "seed's first integer; first_integer with --answer-suffix; "
         "else auto = server.answers.extract_answer)",
+    )
+    g.add_argument(
+        "--rebase-aggregation",
+        choices=("weighted_vote", "majority_vote", "best_of_n"),
+        help="final answer of every REBASE config (default: the server's weighted vote; "
+        "best_of_n = the seed's rule, the top-scored leaf)",
+    )
+    g.add_argument(
+        "--rebase-prune-score",
+        type=float,
+        help="REBASE configs drop open nodes scoring <= this (the seed's rule: 0.1)",
     )
     g = p.add_argument_group("load shape")
     g.add_argument(
@@ -128,8 +142,25 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, help="output folder (default: loadtest-results/<time>)")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    _add_paper_option(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--save-text", action="store_true", help="keep generated texts in records")
+    g.add_argument(
+        "--wait-lock",
+        action="store_true",
+        help="queue behind another measurement (the machine-wide lock, "
+        "$THINKSCALE_BENCH_LOCK) instead of failing",
+    )
+
+
+def _add_paper_option(g: argparse._ActionsContainer) -> None:
+    g.add_argument(
+        "--paper-gflops-per-token",
+        type=float,
+        default=PAPER_GFLOPS_PER_TOKEN,
+        help="the paper's FLOPs convention: GFLOPs per generated token "
+        f"(default {PAPER_GFLOPS_PER_TOKEN}, Mistral-7B as the seed charged it)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("records", type=Path, help="records.jsonl of an earlier run")
     report.add_argument("--out", type=Path, help="output folder (default: the records' folder)")
     report.add_argument("--no-plots", action="store_true")
+    _add_paper_option(report)
+    sub.add_parser(
+        "docs",
+        help="regenerate the tables in docs/*.md from committed data (--check: only compare)",
+        add_help=False,
+    )
     bench = sub.add_parser("export-bench", help="write prompts for `vllm bench serve`")
     _add_data_options(bench)
     _add_prompt_options(bench)
@@ -178,6 +215,16 @@ class DataChoice:
     offset: int
     shuffle: bool
     seed: int
+
+    def load(self) -> list:
+        return load_problems(
+            self.source,
+            self.split,
+            limit=self.limit,
+            offset=self.offset,
+            shuffle=self.shuffle,
+            seed=self.seed,
+        )
 
 
 def resolve_data(args: argparse.Namespace, proto: Protocol | None = None) -> DataChoice:
@@ -238,6 +285,13 @@ def resolve_configs(args: argparse.Namespace, proto: Protocol | None) -> list[Me
         body = dict(c.body)
         if args.n is not None and "n" in body:
             body["n"] = args.n  # an explicit --n wins over a preset's per-config n
+        rebase_options = {
+            "aggregation": getattr(args, "rebase_aggregation", None),
+            "prune_score": getattr(args, "rebase_prune_score", None),
+        }
+        rebase_options = {k: v for k, v in rebase_options.items() if v is not None}
+        if rebase_options and "rebase" in method:
+            body["rebase"] = {**body.get("rebase", {}), **rebase_options}
         for key, value in entry.items():
             both_dicts = isinstance(value, dict) and isinstance(body.get(key), dict)
             body[key] = {**body[key], **value} if both_dicts else value
@@ -292,14 +346,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = resolve_settings(args, proto, data)
     if settings.n > 1 and settings.temperature == 0:
         _log("warning: --n > 1 at temperature 0 draws the same sample n times")
-    problems = load_problems(
-        data.source,
-        data.split,
-        limit=data.limit,
-        offset=data.offset,
-        shuffle=data.shuffle,
-        seed=data.seed,
-    )
+    problems = data.load()
     if not problems:
         raise SystemExit("error: no problems selected")
     build = resolve_prompt(args, data, proto)
@@ -327,7 +374,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
 
     try:
-        records = asyncio.run(go())
+        with measurement_lock(f"loadtest run {args.url}", wait=args.wait_lock):
+            records = asyncio.run(go())
+    except LockHeld as exc:
+        raise SystemExit(f"error: {exc}") from None
     except httpx.HTTPError as exc:
         raise SystemExit(f"error: cannot talk to the server at {args.url}: {exc}") from None
     if not records:
@@ -349,7 +399,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         "settings": {k: v for k, v in vars(settings).items() if k != "save_text"},
         "configs": [vars(c) for c in configs],
     }
-    print(write_report(records, out, plots=not args.no_plots, extra=facts))
+    text = write_report(
+        records,
+        out,
+        plots=not args.no_plots,
+        extra=facts,
+        paper_gflops_per_token=args.paper_gflops_per_token,
+    )
+    print(text)
     _log(f"report: {out / 'report.md'}, {out / 'summary.json'}")
     return 0
 
@@ -362,7 +419,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not records:
         raise SystemExit(f"error: no records in {args.records}")
     out = args.out or args.records.parent
-    print(write_report(records, out, plots=not args.no_plots))
+    # Keep the run's facts (command settings) from the summary written beside the records.
+    old_summary = args.records.parent / "summary.json"
+    extra = json.loads(old_summary.read_text()).get("run") if old_summary.is_file() else None
+    text = write_report(
+        records,
+        out,
+        plots=not args.no_plots,
+        extra=extra,
+        paper_gflops_per_token=args.paper_gflops_per_token,
+    )
+    print(text)
     return 0
 
 
@@ -370,14 +437,7 @@ def cmd_export_bench(args: argparse.Namespace) -> int:
     from loadtest.bench import bench_command, write_bench_dataset
 
     data = resolve_data(args)
-    problems = load_problems(
-        data.source,
-        data.split,
-        limit=data.limit,
-        offset=data.offset,
-        shuffle=data.shuffle,
-        seed=data.seed,
-    )
+    problems = data.load()
     build = resolve_prompt(args, data)
     count = write_bench_dataset(args.out, problems, build, args.output_tokens)
     _log(f"wrote {count} prompts to {args.out}; replay them with:")
@@ -391,6 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "run")  # `python -m loadtest --limit 3` means `run --limit 3`
+    if argv[0] == "docs":  # its own small parser (loadtest/docs.py)
+        from loadtest.docs import main as docs_main
+
+        return docs_main(argv[1:])
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "report": cmd_report, "export-bench": cmd_export_bench}
     try:

@@ -27,6 +27,11 @@ class CallResult:
     ttft: float | None = None  # from sending the request to the first non-empty text
     latency: float = 0.0
     error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # the gateway's `method_details`
+
+    @property
+    def completion_tokens(self) -> int:
+        return int((self.usage or {}).get("completion_tokens") or 0)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,32 @@ class GatewayClient:
         result.latency = time.perf_counter() - start
         return result
 
+    async def post(self, body: dict[str, Any]) -> CallResult:
+        """POST /v1/completions without streaming (the body carries `method_details`, e.g.
+        REBASE's tree statistics); never raises."""
+        result = CallResult()
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._http.post("/v1/completions", json={**body, "stream": False})
+                payload = response.json() if response.content else None
+        except TimeoutError:
+            payload, response = None, None
+            result.error = f"timeout after {self.timeout:g} s"
+        except (httpx.HTTPError, ValueError) as exc:
+            payload, response = None, None
+            result.error = f"{type(exc).__name__}: {exc}"
+        result.latency = time.perf_counter() - start
+        if response is not None and response.status_code != 200:
+            result.error = f"HTTP {response.status_code}: {_error_message(payload, 'error')}"
+        elif isinstance(payload, dict):
+            choices = sorted(payload.get("choices") or [], key=lambda c: c.get("index", 0))
+            result.texts = [c.get("text") or "" for c in choices]
+            result.finish_reasons = [c.get("finish_reason") for c in choices]
+            result.usage = payload.get("usage")
+            result.details = payload.get("method_details") or {}
+        return result
+
     async def _stream(self, body: dict[str, Any], result: CallResult, start: float) -> None:
         async with self._http.stream("POST", "/v1/completions", json=body) as response:
             if response.status_code != 200:
@@ -144,3 +175,5 @@ class GatewayClient:
                 result.finish_reasons[i] = choice["finish_reason"]
         if chunk.get("usage"):
             result.usage = chunk["usage"]
+        if chunk.get("method_details"):
+            result.details = chunk["method_details"]

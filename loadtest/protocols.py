@@ -10,6 +10,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadtest.conventions import SEED_STOP
 from loadtest.prompts import DEFAULT_TEMPLATE
 
 # Keys of a config's parameters that steer the client and are never sent to the server.
@@ -75,19 +76,28 @@ class Protocol:
 ANSWER_SUFFIX = "\nTherefore, the answer (arabic numerals) is"
 
 # REBASE parameters shared by the three widths. Names follow the server's `rebase` block.
-SEED_REBASE = {"max_step_tokens": 96, "balance_temperature": 0.2, "step_format": "step_k"}
+# "Step k:" headers as the seed writes them: the first step has none, headers from step 2.
+SEED_REBASE = {
+    "max_step_tokens": 96,
+    "balance_temperature": 0.2,
+    "step_format": "step_k",
+    "first_step_header": False,
+}
 
 # label -> request body fields (+ client-side "method" / "answer_method"). Baseline and
 # Quiet-STaR draw 8 samples and vote; REBASE votes over its own leaves and returns one answer.
 # The answer-extraction pass ("Therefore, the answer ... is" + 12 tokens) decodes plainly after
 # a REBASE tree (a 12-token tree search would be meaningless) and with Quiet-STaR after Quiet-STaR.
-# The paper does not state the width of its REBASE + Quiet-STaR row; width 3 is our assumption.
+# The sampled passes stop where the seed's stop: a second "Q:" or three newlines (REBASE steps
+# stop at their "Step k:" headers). The combined row's width is the seed config's: 6.
+# The seed's REBASE answer (top-scored leaf) and pruning (children scoring <= 0.1) are options:
+# --rebase-aggregation best_of_n --rebase-prune-score 0.1 (default: our weighted vote, no pruning).
 SEED_CONFIGS: dict[str, dict[str, Any]] = {
-    "baseline": {"method": "baseline", "n": 8},
-    "quiet_star": {"method": "quiet_star", "n": 8},
+    "baseline": {"method": "baseline", "n": 8, "stop": SEED_STOP},
+    "quiet_star": {"method": "quiet_star", "n": 8, "stop": SEED_STOP},
     "quiet_star+rebase": {
         "method": "quiet_star+rebase",
-        "rebase": {"width": 3, **SEED_REBASE},
+        "rebase": {"width": 6, **SEED_REBASE},
         ANSWER_METHOD_KEY: "quiet_star",
     },
     "rebase w=3": {
@@ -119,7 +129,7 @@ SEED = Protocol(
     n=1,  # per-config `n` above
     answer_suffix=ANSWER_SUFFIX,
     answer_max_tokens=12,
-    extractor="first_integer",
+    extractor="seed",
     configs=tuple(MethodConfig.from_params(k, v) for k, v in SEED_CONFIGS.items()),
     concurrency=1,  # the paper answered one question at a time
 )

@@ -52,6 +52,9 @@ class Record:
     policy_flops_nominal: float = 0.0
     reward_flops_executed: float = 0.0
     reward_flops_nominal: float = 0.0
+    # tokens as the paper's seed code charged them (loadtest/conventions.py); None: not known
+    # (records written before it was counted)
+    seed_tokens: int | None = None
     error: str | None = None
     model: str | None = None
     protocol: str | None = None

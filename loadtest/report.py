@@ -1,14 +1,7 @@
-"""Summaries of records: the Markdown table, the JSON summary, and the paper comparison.
+"""The report of a run: the Markdown table, the JSON summary, the paper comparison, the plots.
 
-Definitions (also in docs/loadtest.md):
-* accuracy = correct / problems; a failed request counts as wrong (it is in the denominator);
-* runtime = first request sent -> last response received, over the config's records;
-* latency statistics and "seconds per question" use the problems that did not fail;
-* FLOPs per question = the sum of `usage.flops` over all of a problem's requests (votes and
-  the answer pass), averaged over problems; TFLOPs = 1e12 FLOPs;
-* efficiency = (accuracy % / nominal TFLOPs per question) x (accuracy % / seconds per question)
-  x 100, the paper's score. Nominal FLOPs (as if nothing were cached) because the paper charged
-  every token; `efficiency_executed` in the JSON uses executed FLOPs instead.
+The numbers come from ``loadtest.summary`` (definitions there and in docs/loadtest.md); this
+module only lays them out.
 """
 
 from __future__ import annotations
@@ -16,98 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadtest.conventions import PAPER_GFLOPS_PER_TOKEN
 from loadtest.protocols import PAPER_ROWS
-from loadtest.records import Record, by_config
-from loadtest.stats import efficiency, mean, percentile, wilson_interval
-
-TERA = 1e12
-
-
-@dataclass
-class ConfigSummary:
-    """One row of the report."""
-
-    config: str
-    method: str
-    problems: int
-    correct: int
-    errors: int
-    accuracy: float | None
-    ci_low: float | None
-    ci_high: float | None
-    runtime_s: float
-    throughput_per_min: float | None
-    latency_mean_s: float | None
-    latency_p50_s: float | None
-    latency_p95_s: float | None
-    ttft_p50_s: float | None
-    tflops_executed_per_problem: float
-    tflops_nominal_per_problem: float
-    total_tflops_executed: float
-    total_tflops_nominal: float
-    reward_tflops_nominal_per_problem: float
-    tokens_per_problem: float
-    thought_tokens_per_problem: float
-    efficiency: float | None
-    efficiency_executed: float | None
-
-
-def _efficiency(acc: float | None, tflops: float, seconds: float | None) -> float | None:
-    if acc is None or seconds is None or tflops <= 0 or seconds <= 0:
-        return None
-    return efficiency(acc, tflops, seconds)
-
-
-def summarize(records: Sequence[Record]) -> list[ConfigSummary]:
-    """One summary per config, in the order the configs first appear in `records`."""
-    out = []
-    for name, rs in by_config(records).items():
-        n = len(rs)
-        correct = sum(r.correct for r in rs)
-        ok = [r for r in rs if r.error is None]
-        latencies = [r.latency for r in ok if r.latency is not None]
-        ttfts = [r.ttft for r in ok if r.ttft is not None]
-        runtime = max(r.end_time for r in rs) - min(r.start_time for r in rs)
-        ci = wilson_interval(correct, n)
-        acc = correct / n if n else None
-        exe = sum(r.flops_executed for r in rs) / TERA
-        nom = sum(r.flops_nominal for r in rs) / TERA
-        seconds = mean(latencies)
-        out.append(
-            ConfigSummary(
-                config=name,
-                method=rs[0].method,
-                problems=n,
-                correct=correct,
-                errors=n - len(ok),
-                accuracy=acc,
-                ci_low=ci[0] if ci else None,
-                ci_high=ci[1] if ci else None,
-                runtime_s=runtime,
-                throughput_per_min=60.0 * n / runtime if runtime > 0 else None,
-                latency_mean_s=seconds,
-                latency_p50_s=percentile(latencies, 50),
-                latency_p95_s=percentile(latencies, 95),
-                ttft_p50_s=percentile(ttfts, 50),
-                tflops_executed_per_problem=exe / n,
-                tflops_nominal_per_problem=nom / n,
-                total_tflops_executed=exe,
-                total_tflops_nominal=nom,
-                reward_tflops_nominal_per_problem=sum(r.reward_flops_nominal for r in rs)
-                / TERA
-                / n,
-                tokens_per_problem=sum(r.total_tokens for r in rs) / n,
-                thought_tokens_per_problem=sum(r.thought_tokens for r in rs) / n,
-                efficiency=_efficiency(acc, nom / n, seconds),
-                efficiency_executed=_efficiency(acc, exe / n, seconds),
-            )
-        )
-    return out
-
+from loadtest.records import Record
+from loadtest.summary import ConfigSummary, summarize
 
 # ---- formatting ---------------------------------------------------------------------------------
 DASH = "–"
@@ -139,7 +47,7 @@ def _ci(s: ConfigSummary) -> str:
 TABLE_HEADER = (
     "| config | problems | accuracy | 95 % CI (%) | errors | runtime (s) | throughput (q/min) "
     "| latency mean (s) | p50 (s) | p95 (s) | TTFT p50 (s) | TFLOPs/q executed "
-    "| TFLOPs/q nominal | total TFLOPs executed | efficiency |"
+    "| TFLOPs/q nominal | TFLOPs/q paper's convention | total TFLOPs executed | efficiency |"
 )
 
 
@@ -161,6 +69,7 @@ def markdown_table(summaries: Sequence[ConfigSummary]) -> str:
             _f(s.ttft_p50_s, ".3f"),
             _num(s.tflops_executed_per_problem),
             _num(s.tflops_nominal_per_problem),
+            _num(s.paper_tflops_per_problem),
             _num(s.total_tflops_executed),
             _num(s.efficiency),
         ]
@@ -169,11 +78,16 @@ def markdown_table(summaries: Sequence[ConfigSummary]) -> str:
 
 
 def paper_table(summaries: Sequence[ConfigSummary]) -> str:
-    """Our row next to the paper's for every config of the paper (ours "–" if not run)."""
+    """Our row next to the paper's for every config of the paper (ours "–" if not run).
+
+    FLOPs twice for us: our policy-only nominal count (the paper counted only the policy), and
+    the paper's own convention, which is the one its column is in; efficiency uses the latter."""
     ours = {s.config: s for s in summaries}
     lines = [
-        "| config | accuracy | paper | TFLOPs/q | paper | s/q | paper | efficiency | paper |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| config | accuracy | paper | TFLOPs/q ours (policy, nominal) "
+        "| TFLOPs/q ours (paper's convention) | paper | s/q | paper "
+        "| efficiency (paper's convention) | paper |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, p in PAPER_ROWS.items():
         s = ours.get(key)
@@ -181,15 +95,28 @@ def paper_table(summaries: Sequence[ConfigSummary]) -> str:
             key,
             _pct(s.accuracy) if s else DASH,
             _pct(p.accuracy),
-            _num(s.tflops_nominal_per_problem) if s else DASH,
+            _num(s.policy_tflops_nominal_per_problem) if s else DASH,
+            _num(s.paper_tflops_per_problem) if s else DASH,
             f"{p.tflops:.2f}",
             _f(s.latency_mean_s, ".2f") if s else DASH,
             f"{p.seconds:.2f}",
-            _num(s.efficiency) if s else DASH,
+            _num(s.efficiency_paper) if s else DASH,
             f"{p.efficiency:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paper_note(paper_gflops_per_token: float) -> str:
+    return (
+        "Which FLOPs are which: *policy, nominal* is our count (per computed token, prompts "
+        "and attention included, as if nothing were cached; the PRM left out, as the paper "
+        "counted only the policy). *Paper's convention* is the seed code's: "
+        f"{paper_gflops_per_token:g} GFLOPs per generated token, nothing for prompts, "
+        "attention or thoughts, and for REBASE `max_step_tokens` per step of every node's path "
+        "(loadtest/conventions.py). The paper's column is in that convention, so compare "
+        "like with like; efficiency uses it too."
+    )
 
 
 def _run_facts(records: Sequence[Record]) -> tuple[str | None, str | None]:
@@ -198,9 +125,11 @@ def _run_facts(records: Sequence[Record]) -> tuple[str | None, str | None]:
     return (", ".join(models) or None, ", ".join(protocols) or None)
 
 
-def markdown_report(records: Sequence[Record]) -> str:
+def markdown_report(
+    records: Sequence[Record], paper_gflops_per_token: float = PAPER_GFLOPS_PER_TOKEN
+) -> str:
     """The whole Markdown report: title, the table, and for the seed protocol the paper's."""
-    summaries = summarize(records)
+    summaries = summarize(records, paper_gflops_per_token)
     model, protocol = _run_facts(records)
     parts = [f"# GSM8K replay: {model or 'unknown model'}", ""]
     if protocol:
@@ -210,7 +139,7 @@ def markdown_report(records: Sequence[Record]) -> str:
         parts += [
             "## Next to the paper (Mistral-7B, one A100; per question)",
             "",
-            "Ours: nominal TFLOPs (every token charged, as the paper did) and mean latency.",
+            paper_note(paper_gflops_per_token),
             "",
             paper_table(summaries),
             "",
@@ -218,13 +147,18 @@ def markdown_report(records: Sequence[Record]) -> str:
     return "\n".join(parts)
 
 
-def json_summary(records: Sequence[Record], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def json_summary(
+    records: Sequence[Record],
+    extra: dict[str, Any] | None = None,
+    paper_gflops_per_token: float = PAPER_GFLOPS_PER_TOKEN,
+) -> dict[str, Any]:
     """Machine-readable summary: run facts, one object per config, the paper's rows if seeded."""
     model, protocol = _run_facts(records)
     out: dict[str, Any] = {
         "model": model,
         "protocol": protocol,
-        "configs": [dataclasses.asdict(s) for s in summarize(records)],
+        "paper_gflops_per_token": paper_gflops_per_token,
+        "configs": [dataclasses.asdict(s) for s in summarize(records, paper_gflops_per_token)],
     }
     if protocol == "seed":
         out["paper"] = {k: dataclasses.asdict(v) for k, v in PAPER_ROWS.items()}
@@ -239,15 +173,16 @@ def write_report(
     *,
     plots: bool = True,
     extra: dict[str, Any] | None = None,
+    paper_gflops_per_token: float = PAPER_GFLOPS_PER_TOKEN,
 ) -> str:
     """Write report.md, summary.json and (optionally) the PNG plots; return the Markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown_report(records)
+    text = markdown_report(records, paper_gflops_per_token)
     (out_dir / "report.md").write_text(text)
-    summary = json_summary(records, extra)
+    summary = json_summary(records, extra, paper_gflops_per_token)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if plots:
         from loadtest.plots import write_plots
 
-        write_plots(summarize(records), out_dir, paper=summary.get("protocol") == "seed")
+        write_plots(summarize(records, paper_gflops_per_token), out_dir)
     return text

@@ -1,8 +1,7 @@
-"""Replay scheduling and per-problem solving: closed loop (concurrency) or open loop (Poisson).
+"""Per-problem solving and the replay of a config, on the harness's one load driver.
 
-Why both shapes: a closed loop (N clients, each sends the next problem when its last one is done)
-measures capacity; an open loop (arrivals at a fixed mean rate, regardless of completions)
-measures latency under a given load, including queueing, which a closed loop hides.
+The load shape (closed loop with a concurrency, or open loop with Poisson arrivals) is
+``loadtest.harness.driver``'s; this module decides what one problem costs and answers.
 
 One problem may take several requests: `n` samples come back from one request and are voted on;
 with an answer suffix (the paper's protocol) a second request continues every sample with
@@ -11,8 +10,6 @@ with an answer suffix (the paper's protocol) a second request continues every sa
 
 from __future__ import annotations
 
-import asyncio
-import random
 import sys
 import time
 from collections import Counter
@@ -23,15 +20,18 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from loadtest.client import CallResult, GatewayClient
+from loadtest.conventions import DEFAULT_MAX_STEP_TOKENS, seed_first_integer, seed_tokens
 from loadtest.data import Problem
+from loadtest.harness.driver import drive
 from loadtest.protocols import MethodConfig
 from loadtest.records import Record
 from server.answers import answers_match, extract_answer, first_integer
 
-Extractor = Literal["auto", "first_integer"]
+Extractor = Literal["auto", "first_integer", "seed"]
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {
     "auto": extract_answer,
     "first_integer": first_integer,
+    "seed": seed_first_integer,
 }
 
 
@@ -53,19 +53,6 @@ class RunSettings:
     protocol: str | None = None
     sample_seed: int | None = None  # request `seed` = sample_seed + problem index
     save_text: bool = False
-
-
-def poisson_arrivals(count: int, rate: float, seed: int) -> list[float]:
-    """Arrival offsets (s) of a Poisson process: the first at 0, then exponential gaps, mean
-    1/rate. Seeded, so two runs (or two methods in one run) see the same schedule."""
-    if rate <= 0:
-        raise ValueError("rate must be positive")
-    rng = random.Random(seed)
-    arrivals, t = [], 0.0
-    for _ in range(count):
-        arrivals.append(t)
-        t += rng.expovariate(rate)
-    return arrivals
 
 
 def majority_vote(answers: Sequence[str | None]) -> str | None:
@@ -132,6 +119,8 @@ async def solve(
     start = time.perf_counter()
     body = _request_body(config, settings, problem, prompt)
     first = await client.complete(body)
+    step_tokens = (config.body.get("rebase") or {}).get("max_step_tokens", DEFAULT_MAX_STEP_TOKENS)
+    record.seed_tokens = seed_tokens(first.usage, first.details, step_tokens)
     record.add_usage(first.usage)
     record.ttft = first.ttft
     texts = list(first.texts)
@@ -142,6 +131,7 @@ async def solve(
             _answer_body(config, settings, body, [prompt + t + suffix for t in texts])
         )
         record.add_usage(second.usage)
+        record.seed_tokens += seed_tokens(second.usage, second.details, step_tokens)
         error = second.error
         tails = second.texts + [""] * (len(texts) - len(second.texts))
         texts = [t + suffix + tail for t, tail in zip(texts, tails, strict=False)]
@@ -173,18 +163,10 @@ async def run_config(
         total=len(problems), desc=config.name, unit="q", disable=not progress, file=sys.stderr
     )
     correct = done = 0
-    cap = settings.concurrency
-    sem = asyncio.Semaphore(cap) if cap else None
 
-    async def one(i: int, release_at: float | None = None) -> Record:
+    async def one(i: int) -> Record:
         nonlocal correct, done
-        if release_at is not None:
-            await asyncio.sleep(max(0.0, release_at - time.perf_counter()))
-        if sem is not None:
-            async with sem:
-                record = await solve(client, problems[i], prompts[i], config, settings)
-        else:
-            record = await solve(client, problems[i], prompts[i], config, settings)
+        record = await solve(client, problems[i], prompts[i], config, settings)
         correct, done = correct + record.correct, done + 1
         bar.set_postfix(acc=f"{correct / done:.3f}", refresh=False)
         bar.update(1)
@@ -193,14 +175,14 @@ async def run_config(
         return record
 
     try:
-        if settings.rate:
-            # Open loop: each problem is released at its arrival time, whatever is in flight.
-            arrivals = poisson_arrivals(len(problems), settings.rate, settings.arrival_seed)
-            t0 = time.perf_counter()
-            return list(await asyncio.gather(*(one(i, t0 + at) for i, at in enumerate(arrivals))))
-        if sem is None:
-            raise ValueError("a closed loop needs a concurrency (or give a --rate)")
-        return list(await asyncio.gather(*(one(i) for i in range(len(problems)))))
+        result = await drive(
+            len(problems),
+            one,
+            concurrency=settings.concurrency,
+            rate=settings.rate,
+            seed=settings.arrival_seed,
+        )
+        return result.results
     finally:
         bar.close()
 

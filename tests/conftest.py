@@ -6,21 +6,17 @@ end-to-end test talks to the same process over real HTTP, as a client would.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from loadtest.harness import servers
+from loadtest.harness.servers import REPO, EngineSettings, ServerProcess, free_port
 from tests.tiny_model import build_tiny_llama
 
-REPO = Path(__file__).resolve().parent.parent
+__all__ = ["REPO", "Gateway", "free_port", "start_gateway", "stop_gateway"]
 
 
 @pytest.fixture(scope="session")
@@ -28,67 +24,30 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Gateway:
-    """A running `python -m server` process."""
-
-    url: str
-    model_dir: Path
-    process: subprocess.Popen
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+# One launcher for tests and benchmarks (loadtest/harness/servers.py); the test gateway keeps
+# the gateway's hardware defaults and only shrinks the KV cache and context.
+Gateway = ServerProcess
 
 
 def start_gateway(
     model_dir: Path, log_path: Path, *extra_args: str, timeout: float = 600
 ) -> Gateway:
     """Start the gateway on a free port and wait until /health says ok."""
-    port = free_port()
-    env = {**os.environ, "THINKSCALE_KV_CACHE_GIB": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable, "-m", "server",
-        "--model", str(model_dir),
-        "--served-model-name", "tiny",
-        "--port", str(port),
-        "--max-model-len", "1024",
-        "--log-level", "warning",
-        *extra_args,
-    ]  # fmt: skip
-    log = log_path.open("w")
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited early:\n{log_path.read_text()[-5000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return Gateway(url, model_dir, process, log_path)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"gateway not healthy in {timeout}s:\n{log_path.read_text()[-5000:]}")
+    engine = EngineSettings(
+        model=str(model_dir),
+        served_name="tiny",
+        max_model_len=1024,
+        kv_cache_gib=1,
+        dtype=None,
+        block_size=None,
+        max_num_seqs=None,
+        seed=None,
+    )
+    return servers.start_gateway(engine, log_path, *extra_args, timeout=timeout)
 
 
 def stop_gateway(gateway: Gateway) -> None:
-    gateway.process.terminate()
-    try:
-        gateway.process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        gateway.process.kill()
+    gateway.stop()
 
 
 @pytest.fixture(scope="session")

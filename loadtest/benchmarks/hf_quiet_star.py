@@ -24,7 +24,9 @@ Two cache modes (``--cache``):
 
 float32 on the CPU, ``torch.set_num_threads(2)``, one request at a time (batch 1).
 
-    python -m loadtest.benchmarks.hf_quiet_star --questions 2 --max-tokens 16 --out r.json
+    python -m loadtest.benchmarks.hf_quiet_star --questions 2 --max-tokens 16 --out /tmp/r.json
+
+(``quiet_star_bench speed`` runs it in alternating rounds against the gateway.)
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kernels.quiet_star import tensor_ops
-from loadtest.benchmarks.gsm8k import DEFAULT_TEST_FILE, load_questions
-from loadtest.benchmarks.processes import DEFAULT_MODEL
-from loadtest.benchmarks.tables import fmt, machine, markdown_table, median, write_json
+from loadtest.harness import cli
+from loadtest.harness.results import spread, write_result
+from loadtest.harness.servers import EngineSettings
 from server.quiet_star.delimiters import resolve_delimiters
 
 
@@ -226,7 +228,7 @@ def run(
         "total_s": total_s,
         "output_tokens": total_tokens,
         "seconds_per_token": total_s / max(total_tokens, 1),
-        "median_seconds_per_token": median([s.seconds_per_token for s in sequences]),
+        "median_seconds_per_token": spread([s.seconds_per_token for s in sequences])["median"],
         "plain_seconds_per_token": (
             sum(s.seconds for s in plain_seqs) / max(sum(len(s.token_ids) for s in plain_seqs), 1)
             if plain_seqs
@@ -238,8 +240,8 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--data", type=Path, default=DEFAULT_TEST_FILE)
+    parser.add_argument("--model", default=None, help="default: the embedded SmolLM2")
+    parser.add_argument("--data", default=None)
     parser.add_argument("--questions", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--thought-tokens", type=int, default=4)
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--end-token", default=None)
     parser.add_argument("--cache", choices=["thought", "none"], default="thought")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("results/hf_quiet_star.json"))
+    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     settings = QuietStarSettings(
         thought_tokens=args.thought_tokens,
@@ -258,18 +260,11 @@ def main(argv: list[str] | None = None) -> None:
         start_token=args.start_token,
         end_token=args.end_token,
     )
-    prompts = [q.prompt for q in load_questions(args.data, args.questions)]
-    result = run(args.model, prompts, settings, args.max_tokens, seed=args.seed, cache=args.cache)
-    rows = [
-        [i, s["prompt_tokens"], len(s["token_ids"]), fmt(s["seconds"], 1), s["model_calls"]]
-        for i, s in enumerate(result["sequences"])
-    ]
-    print(markdown_table(["#", "prompt tok", "output tok", "seconds", "model calls"], rows))
-    print(
-        f"HF Quiet-STaR ({args.cache} cache): {result['seconds_per_token']:.3f} s per output token"
-        f"; plain HF generate: {fmt(result['plain_seconds_per_token'], 3)} s per token"
-    )
-    write_json(args.out, {"benchmark": "hf_quiet_star", "machine": machine(), **result})
+    prompts = [prompt for _, prompt in cli.questions(args, args.questions)]
+    model = EngineSettings(model=args.model).model_path()
+    result = run(model, prompts, settings, args.max_tokens, seed=args.seed, cache=args.cache)
+    print(f"HF Quiet-STaR ({args.cache} cache): {result['seconds_per_token']:.3f} s/token")
+    write_result(args.out, "hf_quiet_star", result)
 
 
 if __name__ == "__main__":

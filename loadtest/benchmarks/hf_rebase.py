@@ -7,7 +7,9 @@ full prompt + path (no batching across siblings or trees, no prefix cache across
 cache lives only inside one call), and nodes are expanded and scored strictly one after another.
 float32 on the CPU, ``torch.set_num_threads(2)``.
 
-    python -m loadtest.benchmarks.hf_rebase --questions 4 --out results/hf_rebase.json
+    python -m loadtest.benchmarks.hf_rebase --questions 4 --out /tmp/hf_rebase.json
+
+(``rebase_bench hf`` runs it in alternating rounds against the gateway.)
 
 Sampling follows vLLM's defaults for the gateway's requests (temperature as given, top-p 1, no
 top-k, no repetition penalty); the random streams differ from vLLM's, so the trees are not
@@ -20,16 +22,17 @@ import argparse
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from loadtest.benchmarks.gsm8k import DEFAULT_TEST_FILE, Question, load_questions
-from loadtest.benchmarks.processes import DEFAULT_MODEL
-from loadtest.benchmarks.rebase_client import TreeSettings
-from loadtest.benchmarks.tables import fmt, machine, markdown_table, median, write_json
+from loadtest.benchmarks.rebase_bench import TreeSettings
+from loadtest.data import Problem
+from loadtest.harness import cli
+from loadtest.harness.results import write_result
+from loadtest.harness.servers import EngineSettings
 from server.answers import extract_answer
 from server.rebase.aggregation import aggregate
 from server.rebase.params import RebaseParams
@@ -74,9 +77,9 @@ class HFRebase:
         self.prm = ArithmeticRewardModel()
         self.eos = self.tokenizer.eos_token_id
 
-    def solve(self, q: Question) -> HFTreeStats:
-        torch.manual_seed(self.settings.seed_for(q))
-        prompt_ids = list(self.tokenizer.encode(q.prompt, add_special_tokens=False))
+    def solve(self, q: Problem, prompt: str) -> HFTreeStats:
+        torch.manual_seed(self.settings.seed_for(q.index))
+        prompt_ids = list(self.tokenizer.encode(prompt, add_special_tokens=False))
         counters = {"calls": 0, "generated": 0, "prompt": 0}
 
         async def expand(requests: Sequence[tuple[Node, int]]) -> list[Node]:
@@ -88,7 +91,7 @@ class HFRebase:
 
         async def score(nodes: Sequence[Node]) -> None:
             for node in nodes:  # one node at a time
-                scores = await self.prm.score(q.prompt, [node.steps()])
+                scores = await self.prm.score(prompt, [node.steps()])
                 node.score = scores[0][-1] if scores[0] else 0.0
 
         start = time.perf_counter()
@@ -164,52 +167,32 @@ class HFRebase:
 
 
 def run(
-    model_path: str, questions: Sequence[Question], settings: TreeSettings
+    model_path: str, questions: Sequence[tuple[Problem, str]], settings: TreeSettings
 ) -> list[HFTreeStats]:
     solver = HFRebase(model_path, settings)
     stats = []
-    for q in questions:
-        s = solver.solve(q)
-        print(
-            f"hf q{q.index}: {s.seconds:.1f}s, {s.generate_calls} calls, "
-            f"{s.generated_tokens} generated, {s.prompt_tokens} prompt tokens",
-            flush=True,
-        )
+    for q, prompt in questions:
+        s = solver.solve(q, prompt)
+        print(f"hf q{q.index}: {s.seconds:.1f}s, {s.generated_tokens} generated", flush=True)
         stats.append(s)
     return stats
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--data", type=Path, default=DEFAULT_TEST_FILE)
+    parser.add_argument("--model", default=None, help="default: the embedded SmolLM2")
+    parser.add_argument("--data", default=None)
     parser.add_argument("--questions", type=int, default=4)
-    parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("results/hf_rebase.json"))
+    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     settings = TreeSettings(width=args.width, temperature=args.temperature, seed=args.seed)
-    questions = load_questions(args.data, args.questions, args.start)
-    loaded = time.perf_counter()
-    stats = run(args.model, questions, settings)
-    rows = [
-        [s.question, fmt(s.seconds, 1), s.generate_calls, s.generated_tokens, s.prompt_tokens]
-        for s in stats
-    ]
-    header = ["question", "seconds", "generate calls", "generated tok", "prompt tok"]
-    print(markdown_table(header, rows))
-    print(f"median seconds per question: {median([s.seconds for s in stats]):.1f}")
-    write_json(
-        args.out,
-        {
-            "benchmark": "hf_rebase",
-            "machine": machine(),
-            "settings": settings.__dict__,
-            "wall_s": time.perf_counter() - loaded,
-            "trees": [s.__dict__ for s in stats],
-        },
+    model = EngineSettings(model=args.model).model_path()
+    stats = run(model, cli.questions(args, args.questions), settings)
+    write_result(
+        args.out, "hf_rebase", {"settings": asdict(settings), "trees": [asdict(s) for s in stats]}
     )
 
 

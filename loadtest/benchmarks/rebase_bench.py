@@ -1,60 +1,89 @@
-"""REBASE on the gateway: prefix-cache reuse, problems per minute, FLOPs vs best-of-n, vs HF.
+"""REBASE on the gateway: throughput by scheduler, prefix-cache reuse, FLOPs, and vs HF.
 
-Phases (each one run stays under ~15 minutes on 2 cores; run them one after another):
+``throughput``: the same seeded trees (16 GSM8K test questions, width 8) under configurations
+``SCHEDULERn`` (the gateway's ``--rebase-scheduler`` fair|direct, n requests in flight), each in
+a *fresh* gateway (a warm cache from an earlier run of the same trees would flatter whoever runs
+second), in alternating rounds. Two different questions, kept apart in the report:
 
-* ``throughput``: the same seeded trees (16 GSM8K test questions, width 8) under several
-  configurations, each in a *fresh* gateway (a warm prefix cache from an earlier run of the same
-  seeded trees would flatter whoever runs second): ``fair8`` (fair scheduler, 8 requests in
-  flight), ``fair1`` (one tree at a time), ``direct8`` (``--rebase-scheduler direct``, 8 in
-  flight); any ``fairN``/``directN`` works, and ``--kv-cache-gib`` shrinks the KV cache to
-  put the schedulers under memory pressure. Per configuration: problems per minute,
-  prefix-cache hits as a fraction of the
-  prompt tokens of all engine calls (from the usage of each response, cross-checked against
-  vLLM's own ``vllm:prompt_tokens*`` counters), tree sizes. ``--best-of-n`` adds, in the first
-  ``fair8`` session, plain sampling with ``n`` = the number of leaves of each question's tree
-  and the same token cap, for FLOPs per question.
-* ``hf``: seconds per question on a subset, gateway (one tree at a time) vs
-  ``loadtest.benchmarks.hf_rebase`` (HF generate, one node at a time), alternating, with the
-  gateway *stopped* while HF runs (both get the whole machine).
+* the **scheduler**: ``fair8`` vs ``direct8`` (same load, only the scheduler differs);
+* **batching**: ``fair8`` vs ``fair1`` (8 trees in flight vs one at a time, any scheduler).
 
-    python -m loadtest.benchmarks.rebase_bench throughput --configs fair8,direct8,fair1 \\
-        --best-of-n --out results/rebase_throughput.json
-    python -m loadtest.benchmarks.rebase_bench hf --questions 4 --rounds 2 \\
-        --out results/rebase_hf.json
+Per session: problems/min, prefix-cache hits over the prompt tokens of all engine calls (from
+``usage`` and from vLLM's own counters), tree sizes. ``--best-of-n`` adds plain sampling with
+``n`` = each question's leaves and the same token cap, for FLOPs per question.
+
+``hf``: seconds per question and per generated token, gateway (one tree at a time) vs
+``hf_rebase`` (HF generate, one node at a time) in alternating rounds, with the gateway
+*stopped* while HF runs. The trees are not token-identical (different random streams), so the
+generated tokens of each side are reported next to the seconds.
+
+    python -m loadtest.benchmarks.rebase_bench throughput --best-of-n \
+        --out docs/data/rebase_throughput.json
+    python -m loadtest.benchmarks.rebase_bench hf --questions 2 --out docs/data/rebase_hf.json
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
-import time
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from loadtest.benchmarks.gsm8k import DEFAULT_TEST_FILE, Question, load_questions
-from loadtest.benchmarks.processes import (
-    DEFAULT_MODEL,
-    DEFAULT_NAME,
-    REPO,
-    EngineSettings,
-    exit_on_sigterm,
-    metric_total,
-    scrape_metrics,
-    start_gateway,
-)
-from loadtest.benchmarks.rebase_client import (
-    Answered,
-    TreeSettings,
-    run_closed_loop,
-    tree_prompt_tokens,
-)
-from loadtest.benchmarks.tables import fmt, machine, markdown_table, median, write_json
+from loadtest.client import CallResult
+from loadtest.data import Problem
+from loadtest.harness import cli
+from loadtest.harness.driver import run_bodies
+from loadtest.harness.results import by_side, spread
+from loadtest.harness.rounds import run_rounds
+from loadtest.harness.servers import REPO, metric_total, scrape_metrics, start_gateway
+from loadtest.harness.tables import fmt, fmt_spread, markdown_table
 
 CONFIG_RE = re.compile(r"^(fair|direct)(\d+)$")
+ENGINE_COUNTERS = (
+    "vllm:prompt_tokens_total",
+    "vllm:prompt_tokens_cached_total",
+    "vllm:num_preemptions_total",
+)
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    """The REBASE block and the sampling every configuration (and the HF side) shares."""
+
+    width: int = 8
+    max_tokens: int = 256
+    max_step_tokens: int = 64
+    step_delimiter: str = "\n"
+    balance_temperature: float = 0.2
+    max_depth: int = 25
+    temperature: float = 1.0
+    reward_model: str = "arithmetic"
+    seed: int = 0
+
+    def seed_for(self, index: int) -> int:
+        """One seed per question: the same tree in every configuration."""
+        return self.seed * 100_003 + index
+
+    def body(self, model: str, problem: Problem, prompt: str, n: int | None = None) -> dict:
+        """The REBASE request, or with ``n`` plain best-of-n sampling under the same cap."""
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed_for(problem.index),
+        }
+        if n is not None:
+            return {**body, "n": n, "method": "baseline"}
+        block = {
+            k: getattr(self, k)
+            for k in ("width", "max_step_tokens", "step_delimiter", "balance_temperature")
+        }
+        block |= {"max_depth": self.max_depth, "reward_model": self.reward_model}
+        return {**body, "method": "rebase", "rebase": block}
 
 
 def parse_config(name: str) -> tuple[str, int]:
@@ -65,370 +94,223 @@ def parse_config(name: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
-ENGINE_COUNTERS = (
-    "vllm:prompt_tokens_total",
-    "vllm:prompt_tokens_cached_total",
-    "vllm:prefix_cache_queries_total",
-    "vllm:prefix_cache_hits_total",
-    "vllm:generation_tokens_total",
-    "vllm:num_preemptions_total",
-)
+def tree_prompt_tokens(usage: dict[str, Any], tree: dict[str, Any]) -> int:
+    """Prompt tokens summed over every engine call of one REBASE request.
 
-
-def counters(url: str) -> dict[str, float]:
-    samples = scrape_metrics(url)
-    return {name: metric_total(samples, name) for name in ENGINE_COUNTERS}
-
-
-def tree_summary(answers: list[Answered]) -> dict[str, float]:
-    """Sums over the questions of one run (only successful ones)."""
-    ok = [a for a in answers if a.ok]
-    reward_calls = sum(a.usage["engine_calls"] for a in ok) - sum(
-        a.tree["nodes_expanded"] for a in ok
+    The usage meter (server/usage.py) charges each call ``forward = prompt - cached +
+    max(generated - 1, 0)``; every step call generates at least one token, and the generated
+    tokens of all calls are the tree's ``tree_tokens``, so
+    ``sum(prompt) = forward + cached - tree_tokens + engine_calls``. Valid while the reward
+    model makes no engine calls (the arithmetic PRM runs on the CPU; ``trees`` checks this).
+    """
+    return (
+        usage["forward_tokens"]
+        + usage["cached_tokens"]
+        - tree["tree_tokens"]
+        + usage["engine_calls"]
     )
-    if reward_calls:
+
+
+def trees(results: list[CallResult]) -> dict[str, float]:
+    ok = [(r.usage, r.details["rebase"][0]) for r in results if r.error is None]
+    if sum(u["engine_calls"] for u, _ in ok) != sum(t["nodes_expanded"] for _, t in ok):
         raise RuntimeError("the reward model made engine calls: tree_prompt_tokens is invalid")
-    prompt = sum(tree_prompt_tokens(a) for a in ok)
-    cached = sum(a.usage["cached_tokens"] for a in ok)
+    prompt = sum(tree_prompt_tokens(u, t) for u, t in ok)
+    cached = sum(u["cached_tokens"] for u, _ in ok)
     return {
         "ok": len(ok),
-        "failed": len(answers) - len(ok),
-        "engine_calls": sum(a.usage["engine_calls"] for a in ok),
-        "tree_prompt_tokens": prompt,
-        "cached_tokens": cached,
-        "cache_hit_fraction": cached / prompt if prompt else float("nan"),
-        "tree_tokens": sum(a.tree["tree_tokens"] for a in ok),
-        "nodes": sum(a.tree["nodes_expanded"] for a in ok),
-        "leaves": sum(a.tree["leaves"] for a in ok),
-        "flops_executed": sum(a.usage["flops"]["executed"] for a in ok),
-        "flops_nominal": sum(a.usage["flops"]["nominal"] for a in ok),
-        "median_latency_s": median([a.latency_s for a in ok]),
+        "cache_hit_fraction": cached / prompt if prompt else None,
+        "tree_tokens": sum(t["tree_tokens"] for _, t in ok),
+        "nodes": sum(t["nodes_expanded"] for _, t in ok),
+        "flops_executed": sum(u["flops"]["executed"] for u, _ in ok),
+        "flops_nominal": sum(u["flops"]["nominal"] for u, _ in ok),
     }
 
 
-def run_config(
-    name: str,
-    args: argparse.Namespace,
-    engine: EngineSettings,
-    questions: list[Question],
-    tag: str,
-    best_of_n: bool,
-) -> dict:
+def session(args, tree: TreeSettings, rnd: int, name: str, best_of_n: bool) -> dict[str, Any]:
     """One fresh gateway: the trees at the configuration's concurrency, then maybe best-of-n."""
     scheduler, concurrency = parse_config(name)
-    tree = TreeSettings(width=args.width, temperature=args.temperature, seed=args.seed)
-    log_path = args.logs / f"{tag}-{name}.log"
-    with start_gateway(engine, log_path, "--rebase-scheduler", scheduler) as gw:
-        print(f"[{tag}] {name}: gateway healthy after {gw.started_in_s:.0f}s", flush=True)
-        bodies = [(q, tree.rebase_body(engine.served_name, q)) for q in questions]
-        before = counters(gw.url)
-        wall, answers = asyncio.run(run_closed_loop(gw.url, bodies, concurrency))
-        after = counters(gw.url)
-        engine_delta = {k: after[k] - before[k] for k in ENGINE_COUNTERS}
-        session = {
-            "config": name,
-            "round": tag,
-            "scheduler": scheduler,
-            "concurrency": concurrency,
-            "wall_s": wall,
-            "problems_per_minute": sum(a.ok for a in answers) / wall * 60,
-            "trees": tree_summary(answers),
-            "engine_counters": engine_delta,
-            "engine_cache_hit_fraction": _ratio(
-                engine_delta["vllm:prompt_tokens_cached_total"],
-                engine_delta["vllm:prompt_tokens_total"],
-            ),
-            "answers": [a.to_json() for a in answers],
+    engine = cli.engine_settings(args)
+    qs = cli.questions(args, args.questions)
+    log = cli.logs_dir(args) / f"r{rnd}-{name}.log"
+    with start_gateway(engine, log, "--rebase-scheduler", scheduler, attempts=2) as gw:
+        # Warm-up (allocator, first batches), on a prompt the trees do not share.
+        warm = {"model": engine.name(), "prompt": "Warm-up.", "max_tokens": 16, "n": 2}
+        run_bodies(gw.url, [warm], concurrency=1)
+        before = scrape_metrics(gw.url)
+        done = run_bodies(
+            gw.url, [tree.body(engine.name(), p, q) for p, q in qs], concurrency=concurrency
+        )
+        after = scrape_metrics(gw.url)
+        counters = {k: metric_total(after, k) - metric_total(before, k) for k in ENGINE_COUNTERS}
+        out: dict[str, Any] = {
+            "side": name,
+            "round": rnd,
+            "wall_s": done.wall_s,
+            "problems_per_minute": len(done.results) / done.wall_s * 60,
+            "trees": trees(done.results),
+            "engine_counters": counters,
+            "engine_cache_hit_fraction": counters["vllm:prompt_tokens_cached_total"]
+            / max(counters["vllm:prompt_tokens_total"], 1),
+            "latencies_s": [round(r.latency, 3) for r in done.results],
         }
-        s = session["trees"]
-        print(
-            f"[{tag}] {name}: {session['problems_per_minute']:.2f} problems/min "
-            f"({wall:.0f}s), cache hits {s['cache_hit_fraction']:.1%} (usage) / "
-            f"{session['engine_cache_hit_fraction']:.1%} (vLLM), {s['ok']} ok",
-            flush=True,
-        )
         if best_of_n:
-            session["best_of_n"] = run_best_of_n(gw.url, engine, tree, questions, answers)
-    return session
-
-
-def run_best_of_n(
-    url: str,
-    engine: EngineSettings,
-    tree: TreeSettings,
-    questions: list[Question],
-    trees: list[Answered],
-) -> list[dict]:
-    """Baseline sampling with n = that question's number of leaves, 8 questions in flight."""
-    by_index = {a.question: a for a in trees if a.ok}
-    bodies = [
-        (q, tree.best_of_n_body(engine.served_name, q, by_index[q.index].tree["leaves"]))
-        for q in questions
-        if q.index in by_index
-    ]
-    _, answers = asyncio.run(run_closed_loop(url, bodies, 8))
-    rows = []
-    for a in answers:
-        t = by_index[a.question]
-        rows.append(
-            {
-                "question": a.question,
-                "n": t.tree["leaves"],
-                "ok": a.ok,
-                "rebase_flops": t.usage["flops"],
-                "best_of_n_flops": a.usage.get("flops"),
-                "rebase_tree_tokens": t.tree["tree_tokens"],
-                "best_of_n_completion_tokens": a.usage.get("completion_tokens"),
-                "rebase_cached_tokens": t.usage["cached_tokens"],
-                "best_of_n_cached_tokens": a.usage.get("cached_tokens"),
+            leaves = [r.details["rebase"][0]["leaves"] for r in done.results]
+            bon = run_bodies(
+                gw.url,
+                [tree.body(engine.name(), p, q, n) for (p, q), n in zip(qs, leaves, strict=True)],
+                concurrency=8,
+            )
+            out["best_of_n"] = {
+                "n": leaves,
+                "rebase_flops": [r.usage["flops"] for r in done.results],
+                "best_of_n_flops": [r.usage["flops"] for r in bon.results],
             }
+    return out
+
+
+def throughput(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
+    tree = TreeSettings(width=args.width, temperature=args.temperature, seed=args.seed)
+    configs = args.configs.split(",")
+    for c in configs:
+        parse_config(c)
+    sessions = run_rounds(
+        configs,
+        lambda r, c: session(args, tree, r, c, args.best_of_n and r == 1 and c == configs[0]),
+        args.rounds,
+        lambda ss: save({"sessions": ss}),
+    )
+    return {"tree": asdict(tree), "settings": _settings(args), "sessions": sessions}
+
+
+def hf(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
+    tree = TreeSettings(width=args.width, temperature=args.temperature, seed=args.seed)
+
+    def measure(rnd: int, side: str) -> dict[str, Any]:
+        if side == "gateway":
+            s = session(args, tree, rnd, "fair1", best_of_n=False)
+            tokens = s["trees"]["tree_tokens"]
+            seconds = sum(s["latencies_s"])
+        else:
+            out = cli.logs_dir(args) / f"r{rnd}-hf.json"
+            cmd = [
+                sys.executable, "-m", "loadtest.benchmarks.hf_rebase", "--questions",
+                str(args.questions), "--width", str(args.width), "--temperature",
+                str(args.temperature), "--seed", str(args.seed), "--out", str(out),
+                *(["--model", args.model] if args.model else []),
+                *(["--data", args.data] if args.data else []),
+            ]  # fmt: skip
+            subprocess.run(cmd, cwd=REPO, check=True)
+            hf_trees = json.loads(out.read_text())["trees"]
+            tokens = sum(t["generated_tokens"] for t in hf_trees)
+            seconds = sum(t["seconds"] for t in hf_trees)
+        return {
+            "side": side,
+            "round": rnd,
+            "seconds_per_question": seconds / args.questions,
+            "generated_tokens": tokens,
+            "generated_tokens_per_s": tokens / seconds,
+        }
+
+    sides = ("gateway", "hf")
+    sessions = run_rounds(sides, measure, args.rounds, lambda ss: save({"sessions": ss}))
+    return {"tree": asdict(tree), "settings": _settings(args), "sessions": sessions}
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k not in ("out", "logs")}
+
+
+def _median(payload: dict, side: str, key: str) -> float | None:
+    return spread(s[key] for s in payload["sessions"] if s["side"] == side)["median"]
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return fmt(a / b, 2) + "x" if a is not None and b else "–"
+
+
+def tables(payload: dict[str, Any]) -> dict[str, str]:
+    """Named Markdown tables for docs/benchmarks.md."""
+    sessions = payload["sessions"]
+    if payload["benchmark"] == "rebase_hf":
+        rows = []
+        for side, s in by_side(sessions, "seconds_per_question").items():
+            tok = by_side(sessions, "generated_tokens")[side]
+            rate = by_side(sessions, "generated_tokens_per_s")[side]
+            rows.append([side, fmt_spread(s, 1), fmt_spread(tok, 0), fmt_spread(rate, 1)])
+        header = ["side", "s / question", "generated tokens", "generated tok/s"]
+        ratio = _ratio(
+            _median(payload, "gateway", "generated_tokens_per_s"),
+            _median(payload, "hf", "generated_tokens_per_s"),
         )
-    return rows
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
-
-
-def throughput_report(sessions: list[dict]) -> str:
-    rows = [
-        [
-            s["round"],
-            s["config"],
-            s["trees"]["ok"],
-            fmt(s["wall_s"], 0),
-            fmt(s["problems_per_minute"], 2),
-            fmt(s["trees"]["median_latency_s"], 1),
-            f"{s['trees']['cache_hit_fraction']:.1%}",
-            f"{s['engine_cache_hit_fraction']:.1%}",
-            s["trees"]["nodes"],
-            s["trees"]["tree_tokens"],
-            s["engine_counters"]["vllm:num_preemptions_total"],
-        ]
+        text = (
+            markdown_table(header, rows) + f"\n\nGenerated tokens per second, gateway / HF: {ratio}"
+        )
+        return {"rebase_hf": text}
+    flat = [
+        {
+            "side": s["side"],
+            "ppm": s["problems_per_minute"],
+            "hits": s["trees"]["cache_hit_fraction"],
+            "vllm_hits": s["engine_cache_hit_fraction"],
+            "pre": s["engine_counters"]["vllm:num_preemptions_total"],
+        }
         for s in sessions
     ]
-    header = [
-        "round", "config", "ok", "wall s", "problems/min", "p50 latency s",
-        "cache hits (usage)", "cache hits (vLLM)", "nodes", "tree tokens", "preemptions",
-    ]  # fmt: skip
-    text = markdown_table(header, rows)
-    names = dict.fromkeys(s["config"] for s in sessions)
-    med = {
-        c: median([s["problems_per_minute"] for s in sessions if s["config"] == c]) for c in names
-    }
-    lines = [f"- median problems/min {c}: {v:.2f}" for c, v in med.items()]
-    if "fair8" in med and "fair1" in med:
-        lines.append(f"- fair8 / fair1: {med['fair8'] / med['fair1']:.2f}x (target >= 2x)")
-    for c in names:
+    rows = [
+        [
+            side,
+            fmt_spread(ppm, 2),
+            fmt_spread(by_side(flat, "hits")[side], 3),
+            fmt_spread(by_side(flat, "vllm_hits")[side], 3),
+            fmt_spread(by_side(flat, "pre")[side], 0),
+        ]
+        for side, ppm in by_side(flat, "ppm").items()
+    ]
+    header = ["config", "problems/min", "cache hits (usage)", "cache hits (vLLM)", "preemptions"]
+    med = {side: s["median"] for side, s in by_side(flat, "ppm").items()}
+    lines = []
+    for c in med:
         sched, n = parse_config(c)
         if sched == "fair" and f"direct{n}" in med:
-            lines.append(f"- {c} / direct{n}: {med[c] / med[f'direct{n}']:.2f}x (goal >= 1.2x)")
-    return text + "\n\n" + "\n".join(lines)
-
-
-def flops_report(rows: list[dict]) -> str:
-    table = []
-    for r in rows:
-        if not r["ok"]:
-            continue
-        rb, bn = r["rebase_flops"], r["best_of_n_flops"]
-        table.append(
-            [
-                r["question"],
-                r["n"],
-                r["rebase_tree_tokens"],
-                r["best_of_n_completion_tokens"],
-                fmt(rb["executed"] / 1e12, 3),
-                fmt(bn["executed"] / 1e12, 3),
-                fmt(rb["executed"] / bn["executed"], 2),
-                fmt(rb["nominal"] / 1e12, 3),
-                fmt(bn["nominal"] / 1e12, 3),
-                fmt(rb["nominal"] / bn["nominal"], 2),
-            ]
-        )
-    header = [
-        "question", "n = leaves", "REBASE tokens", "best-of-n tokens",
-        "REBASE exec TFLOPs", "BoN exec TFLOPs", "exec ratio",
-        "REBASE nominal TFLOPs", "BoN nominal TFLOPs", "nominal ratio",
-    ]  # fmt: skip
-    ok = [r for r in rows if r["ok"]]
-    total = {
-        f"{side}_{k}": sum(r[f"{side}_flops"][k] for r in ok)
-        for side in ("rebase", "best_of_n")
-        for k in ("executed", "nominal")
-    }
-    per_q = len(ok) or 1
-    summary = (
-        f"\n\nper question (mean over {len(ok)}): REBASE executed "
-        f"{total['rebase_executed'] / per_q / 1e12:.3f} TFLOPs vs best-of-n "
-        f"{total['best_of_n_executed'] / per_q / 1e12:.3f} "
-        f"(ratio {_ratio(total['rebase_executed'], total['best_of_n_executed']):.2f}); nominal "
-        f"{total['rebase_nominal'] / per_q / 1e12:.3f} vs "
-        f"{total['best_of_n_nominal'] / per_q / 1e12:.3f} "
-        f"(ratio {_ratio(total['rebase_nominal'], total['best_of_n_nominal']):.2f})"
-    )
-    return markdown_table(header, table) + summary
-
-
-def throughput(args: argparse.Namespace) -> dict:
-    engine = EngineSettings(
-        model=args.model, served_name=args.served_model_name, kv_cache_gib=args.kv_cache_gib
-    )
-    questions = load_questions(args.data, args.questions, args.start)
-    configs = args.configs.split(",")
-    for name in configs:
-        parse_config(name)
-    sessions: list[dict] = []
-    for r in range(args.rounds):
-        order = configs if r % 2 == 0 else configs[::-1]
-        for name in order:
-            best = (
-                args.best_of_n and name == "fair8" and not any("best_of_n" in s for s in sessions)
-            )
-            sessions.append(run_config(name, args, engine, questions, f"r{r + 1}", best))
-            write_json(args.out, {"partial": True, "sessions": sessions})
-    text = throughput_report(sessions)
+            lines.append(f"- scheduler, {c} / direct{n}: {_ratio(med[c], med[f'direct{n}'])}")
+        if n > 1 and f"{sched}1" in med:
+            lines.append(f"- batching, {c} / {sched}1: {_ratio(med[c], med[f'{sched}1'])}")
+    out = {"rebase_throughput": markdown_table(header, rows) + "\n\n" + "\n".join(lines)}
     bon = next((s["best_of_n"] for s in sessions if "best_of_n" in s), None)
     if bon:
-        text += "\n\n" + flops_report(bon)
-    print(text)
-    return {"sessions": sessions, "markdown": text, "engine": engine.__dict__}
-
-
-def hf_vs_gateway(args: argparse.Namespace) -> dict:
-    """Alternate: gateway (fresh, fair, one tree at a time) then HF in a subprocess, stopped."""
-    engine = EngineSettings(model=args.model, served_name=args.served_model_name)
-    questions = load_questions(args.data, args.questions, args.start)
-    runs: list[dict] = []
-    for r in range(args.rounds):
-        tag = f"r{r + 1}"
-        first = ("gateway", "hf") if args.gateway_first else ("hf", "gateway")
-        order = first if r % 2 == 0 else first[::-1]
-        for side in order:
-            if side == "gateway":
-                s = run_config("fair1", args, engine, questions, tag, best_of_n=False)
-                per_q = [
-                    {
-                        "question": a["question"],
-                        "seconds": a["latency_s"],
-                        "generated_tokens": a["tree"].get("tree_tokens"),
-                    }
-                    for a in s["answers"]
-                    if a["ok"]
-                ]
-                runs.append({"side": "gateway", "round": tag, "trees": per_q, "session": s})
-            else:
-                runs.append({"side": "hf", "round": tag, "trees": run_hf_subprocess(args, tag)})
-            write_json(args.out, {"partial": True, "runs": runs})
-    text = hf_report(runs)
-    print(text)
-    return {"runs": runs, "markdown": text}
-
-
-def run_hf_subprocess(args: argparse.Namespace, tag: str) -> list[dict]:
-    out = args.logs / f"{tag}-hf.json"
-    cmd = [
-        sys.executable, "-m", "loadtest.benchmarks.hf_rebase",
-        "--model", args.model, "--data", str(args.data),
-        "--questions", str(args.questions), "--start", str(args.start),
-        "--width", str(args.width), "--temperature", str(args.temperature),
-        "--seed", str(args.seed), "--out", str(out),
-    ]  # fmt: skip
-    print(f"[{tag}] hf: {' '.join(cmd[1:])}", flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    trees = json.loads(out.read_text())["trees"]
-    return [
-        {
-            "question": t["question"],
-            "seconds": t["seconds"],
-            "generated_tokens": t["generated_tokens"],
+        tot = {
+            f"{side}_{k}": sum(f[k] for f in bon[f"{side}_flops"])
+            for side in ("rebase", "best_of_n")
+            for k in ("executed", "nominal")
         }
-        for t in trees
-    ]
-
-
-def hf_report(runs: list[dict]) -> str:
-    rows = []
-    for run in runs:
-        secs = [t["seconds"] for t in run["trees"]]
-        toks = sum(t["generated_tokens"] or 0 for t in run["trees"])
-        rows.append(
+        out["rebase_flops"] = markdown_table(
+            ["FLOPs per question", "REBASE", "best-of-n (n = leaves)", "REBASE / best-of-n"],
             [
-                run["round"],
-                run["side"],
-                len(secs),
-                fmt(median(secs), 1),
-                fmt(sum(secs) / max(len(secs), 1), 1),
-                toks,
-                fmt(toks / sum(secs), 1) if secs else "–",
-            ]
+                [
+                    k,
+                    f"{tot[f'rebase_{k}'] / len(bon['n']) / 1e12:.4g} T",
+                    f"{tot[f'best_of_n_{k}'] / len(bon['n']) / 1e12:.4g} T",
+                    _ratio(tot[f"rebase_{k}"], tot[f"best_of_n_{k}"]),
+                ]
+                for k in ("executed", "nominal")
+            ],
         )
-    header = ["round", "side", "questions", "p50 s/question", "mean s/question",
-              "generated tokens", "generated tok/s"]  # fmt: skip
-
-    def med(side: str, key: str) -> float:
-        vals = []
-        for run in runs:
-            if run["side"] == side:
-                secs = [t["seconds"] for t in run["trees"]]
-                toks = sum(t["generated_tokens"] or 0 for t in run["trees"])
-                vals.append(sum(secs) / len(secs) if key == "s_per_q" else toks / sum(secs))
-        return median(vals)
-
-    text = markdown_table(header, rows)
-    text += (
-        f"\n\n- mean seconds per question, median over rounds: gateway "
-        f"{med('gateway', 's_per_q'):.1f} s, HF {med('hf', 's_per_q'):.1f} s "
-        f"(HF / gateway = {med('hf', 's_per_q') / med('gateway', 's_per_q'):.2f}x)"
-        f"\n- generated tokens per second: gateway {med('gateway', 'tok_s'):.1f}, "
-        f"HF {med('hf', 'tok_s'):.1f} "
-        f"(gateway / HF = {med('gateway', 'tok_s') / med('hf', 'tok_s'):.2f}x)"
-    )
-    return text
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=["throughput", "hf"])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--served-model-name", default=DEFAULT_NAME)
-    parser.add_argument("--data", type=Path, default=DEFAULT_TEST_FILE)
-    parser.add_argument("--questions", type=int, default=16)
-    parser.add_argument("--start", type=int, default=0)
-    parser.add_argument("--width", type=int, default=8)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--configs",
-        default="fair8,direct8,fair1",
-        help="comma-separated SCHEDULER+CONCURRENCY, e.g. fair8,direct8,fair1,fair16",
-    )
-    parser.add_argument("--kv-cache-gib", type=int, default=4, help="gateway KV cache (GiB)")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--best-of-n", action="store_true")
-    parser.add_argument(
-        "--gateway-first",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="hf phase: which side runs first in odd rounds (alternate it across invocations)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("results/rebase_bench.json"))
-    parser.add_argument("--logs", type=Path, default=None)
-    args = parser.parse_args(argv)
-    exit_on_sigterm()
-    args.logs = args.logs or args.out.parent / f"{args.out.stem}_logs"
-    started = time.monotonic()
-    result = throughput(args) if args.phase == "throughput" else hf_vs_gateway(args)
-    tree = TreeSettings(width=args.width, temperature=args.temperature, seed=args.seed)
-    payload = {
-        "benchmark": f"rebase_bench {args.phase}",
-        "machine": machine(),
-        "tree_settings": tree.__dict__,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "wall_s": time.monotonic() - started,
-        **result,
-    }
-    write_json(args.out, payload)
+    p = cli.parser(__doc__.split("\n\n")[0])
+    p.add_argument("phase", choices=["throughput", "hf"])
+    p.add_argument("--questions", type=int, default=16)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--configs", default="fair8,direct8,fair1", help="SCHEDULERn,...")
+    p.add_argument("--best-of-n", action="store_true")
+    args = p.parse_args(argv)
+    run = throughput if args.phase == "throughput" else hf
+    payload = cli.run_benchmark(f"rebase_{args.phase}", args, lambda save: run(args, save))
+    print("\n\n".join(tables(payload).values()))
 
 
 if __name__ == "__main__":

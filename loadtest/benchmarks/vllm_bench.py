@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loadtest.benchmarks.processes import REPO
+from loadtest.harness.servers import REPO
 
 
 def vllm_bench_command(

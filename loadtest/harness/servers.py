@@ -1,0 +1,253 @@
+"""Start and stop the servers a measurement talks to: our gateway, or plain ``vllm serve``.
+
+One launcher for benchmarks and the test fixtures (``tests/conftest.py``): a server runs in a
+session of its own, is healthy when ``/health`` answers 200, and is stopped with its whole
+process group (vLLM's engine core and workers included). Both kinds get the same engine knobs
+from one :class:`EngineSettings`, mirroring ``server/engine.py: build_engine_args``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Engine knobs both kinds of server get. None = the gateway's own default
+    (``server/config.py``); ``model=None`` is the embedded SmolLM2-135M-Instruct."""
+
+    model: str | None = None
+    served_name: str | None = None
+    max_model_len: int | None = 2048
+    kv_cache_gib: int = 4
+    dtype: str | None = "float32"
+    block_size: int | None = 32
+    max_num_seqs: int | None = 64
+    seed: int | None = 0
+
+    def model_path(self) -> str:
+        """A local folder or hub id for ``vllm serve`` (which has no embedded default)."""
+        if self.model is not None:
+            return self.model
+        from server.config import Settings
+        from server.embedded_model import ensure_embedded_model
+
+        return str(ensure_embedded_model(Settings().cache_dir))
+
+    def name(self) -> str:
+        if self.served_name:
+            return self.served_name
+        if self.model is None:
+            from server.embedded_model import EMBEDDED_MODEL_NAME
+
+            return EMBEDDED_MODEL_NAME
+        return Path(self.model).name
+
+    def flags(self) -> list[str]:
+        """Flags both CLIs understand (the gateway mirrors vLLM's names)."""
+        out = ["--served-model-name", self.name()]
+        for flag, value in (
+            ("--max-model-len", self.max_model_len),
+            ("--max-num-seqs", self.max_num_seqs),
+            ("--dtype", self.dtype),
+            ("--block-size", self.block_size),
+            ("--seed", self.seed),
+        ):
+            if value is not None:
+                out += [flag, str(value)]
+        return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``with`` blocks stop the servers they started (servers
+    run in sessions of their own: a plain ``kill`` of the benchmark would orphan them)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+@dataclass
+class ServerProcess:
+    """A running HTTP server: what it is, where it listens, its log, how long it took."""
+
+    kind: str
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    command: list[str]
+    model_dir: Path | None = None
+    started_in_s: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM to the server's process group, SIGKILL if stuck, then SIGKILL to stragglers."""
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.process.wait()
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def gateway_command(engine: EngineSettings, port: int, *extra_args: str) -> list[str]:
+    model = ["--model", engine.model] if engine.model is not None else []
+    return [
+        sys.executable, "-m", "server", *model, "--port", str(port), *engine.flags(),
+        "--log-level", "warning", *extra_args,
+    ]  # fmt: skip
+
+
+def vllm_serve_command(engine: EngineSettings, port: int, *extra_args: str) -> list[str]:
+    """``vllm serve`` with the gateway's engine settings (prefix caching on, as ours)."""
+    return [
+        sys.executable, "-m", "loadtest.benchmarks.vllm_cli", "serve", engine.model_path(),
+        "--port", str(port), *engine.flags(),
+        "--enforce-eager", "--enable-prefix-caching", "--max-logprobs", "20",
+        "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log", *extra_args,
+    ]  # fmt: skip
+
+
+def start_server(
+    kind: str,
+    command: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    port: int,
+    *,
+    timeout: float = 600,
+    attempts: int = 1,
+) -> ServerProcess:
+    """Start ``command``, wait for ``/health`` == 200; ``attempts`` > 1 retries a hung start
+    (on a busy 2-core machine an engine start has been seen to stall in worker init)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_once(kind, command, env, log_path, port, timeout)
+        except RuntimeError as exc:
+            if attempt == attempts:
+                raise
+            print(f"{kind}: start attempt {attempt} failed, retrying: {str(exc)[:200]}", flush=True)
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    kind: str, command: list[str], env: dict[str, str], log_path: Path, port: int, timeout: float
+) -> ServerProcess:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = ServerProcess(kind, f"http://127.0.0.1:{port}", process, log_path, command)
+    try:
+        while time.monotonic() < started + timeout:
+            if process.poll() is not None:
+                raise RuntimeError(f"{kind} exited early:\n{log_path.read_text()[-4000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                    server.started_in_s = time.monotonic() - started
+                    return server
+            time.sleep(0.5)
+        raise RuntimeError(f"{kind} not healthy in {timeout:g}s:\n{log_path.read_text()[-4000:]}")
+    except BaseException:  # a failed start, or Ctrl-C while waiting: never leave it running
+        server.stop()
+        raise
+
+
+def start_gateway(
+    engine: EngineSettings,
+    log_path: Path,
+    *extra_args: str,
+    port: int | None = None,
+    timeout: float = 600,
+    attempts: int = 1,
+) -> ServerProcess:
+    port = port or free_port()
+    env = {"THINKSCALE_KV_CACHE_GIB": str(engine.kv_cache_gib), "PYTHONUNBUFFERED": "1"}
+    command = gateway_command(engine, port, *extra_args)
+    server = start_server(
+        "gateway", command, env, log_path, port, timeout=timeout, attempts=attempts
+    )
+    server.model_dir = Path(engine.model) if engine.model else None
+    return server
+
+
+def start_vllm_serve(
+    engine: EngineSettings, log_path: Path, *extra_args: str, port: int | None = None
+) -> ServerProcess:
+    port = port or free_port()
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": str(engine.kv_cache_gib),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    return start_server("vllm", vllm_serve_command(engine, port, *extra_args), env, log_path, port)
+
+
+def start(kind: str, engine: EngineSettings, log_path: Path, *extra_args: str) -> ServerProcess:
+    """``kind`` is "gateway" or "vllm"."""
+    if kind == "gateway":
+        return start_gateway(engine, log_path, *extra_args, attempts=2)
+    if kind == "vllm":
+        return start_vllm_serve(engine, log_path, *extra_args)
+    raise ValueError(f"unknown server kind {kind!r}")
+
+
+def scrape_metrics(url: str) -> dict[str, float]:
+    """All samples of ``/metrics`` as ``{"name{labels}": value}``."""
+    samples: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                samples[name] = float(value)
+    return samples
+
+
+def metric_total(samples: dict[str, float], name: str, label: str | None = None) -> float:
+    """Sum of every sample of one metric (optionally only those whose labels contain ``label``)."""
+    return sum(
+        v
+        for k, v in samples.items()
+        if (k == name or k.startswith(name + "{")) and (label is None or label in k)
+    )
