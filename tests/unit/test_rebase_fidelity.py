@@ -64,7 +64,7 @@ def _tree(prm: _StepScores, **params) -> _Tree:
     settings = SimpleNamespace(rebase_scheduler="direct", reward_model="scripted")
     ctx = SimpleNamespace(
         shared={"reward_models": {"scripted": prm}}, settings=settings, details={},
-        request_id="req", meter=None, engine=None,
+        request_id="req", fairness_key="req", meter=None, engine=None,
     )  # fmt: skip
     inp = SimpleNamespace(prompt_text="Q", prompt_token_ids=[1], sampling=SimpleNamespace(seed=0))
     return _Tree(Rebase(), ctx, inp, RebaseParams(**params), tree_id="req-0", index=0)
