@@ -61,11 +61,14 @@ def test_greedy_talk_token_is_argmax_of_the_mixed_distribution(http, hf_model) -
     w = 0.5
     body = quiet_star(http)
     detail = body["method_details"]["quiet_star"][0]
+    assert detail["mixing_weight_source"] == "request"  # a plain model has no mixing head
     context = tokenizer.encode(PROMPT, add_special_tokens=False)
+    delimiters = tokenizer.convert_tokens_to_ids(["<|startthought|>", "<|endthought|>"])
     for step in detail["step_token_ids"]:
         base = next_logprobs(model, context)
         post = next_logprobs(model, context + step[:-1])  # start + thought + end
         mixed = (1 - w) * base + w * post
+        mixed[delimiters] = float("-inf")  # a thought delimiter is never text
         talk = step[-1]
         top2 = mixed.topk(2).values
         if float(top2[0] - top2[1]) > 1e-3:  # skip numerical near-ties between engines
@@ -160,7 +163,10 @@ def test_n_gives_independent_samples(http) -> None:
             "quiet_star.start_token",
         ),
         ({"bogus": 1}, {}, "quiet_star.bogus"),
-        ({}, {"logprobs": 1}, "logprobs"),
+        ({}, {"logprobs": 1}, "logprobs"),  # the session gateway reports raw logprobs
+        ({}, {"presence_penalty": 1.0}, "presence_penalty"),
+        ({}, {"min_tokens": 2, "stop": ["."]}, "min_tokens"),
+        ({}, {"prompt": list(range(5, 1020))}, "prompt"),  # no room for one thought
     ],
 )
 def test_invalid_quiet_star_parameters_are_400(http, block, extra, param) -> None:
