@@ -56,18 +56,18 @@ class QuietStar(Method):
                 if hit:
                     kept = piece.token_ids[: hit[0]]
                     delta = text.add(kept)
-                    yield ChoiceDelta(index, delta.text, token_ids=kept)
+                    logprobs = piece.logprobs[: hit[0]] if piece.logprobs else None
+                    yield ChoiceDelta(index, delta.text, token_ids=kept, logprobs=logprobs)
                     finish = "stop"
                     break
                 delta = text.add(piece.token_ids)
                 produced += len(piece.token_ids)
-                if delta.stopped_by is not None or piece.eos:
-                    yield ChoiceDelta(index, delta.text, token_ids=piece.token_ids)
-                    finish = "stop"
-                    break
                 yield ChoiceDelta(
                     index, delta.text, token_ids=piece.token_ids, logprobs=piece.logprobs
                 )
+                if delta.stopped_by is not None or piece.eos:
+                    finish = "stop"
+                    break
         finally:
             await stream.aclose()  # aborts an engine request still in flight
         ctx.details.setdefault("quiet_star", []).append(

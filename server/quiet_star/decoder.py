@@ -156,8 +156,7 @@ class QuietStarDecoder:
         s = len(spec.start_token_ids)
         logprobs = None
         if self.sampling.logprobs is not None and completion.logprobs:
-            talk = completion.logprobs[-1]
-            logprobs = [{i: lp for i, lp in talk.items() if math.isfinite(lp.logprob)}]
+            logprobs = [_finite(completion.logprobs[-1])]
         return Piece(
             [tokens[-1]], [tokens[s : s + spec.thought_tokens]], [tokens], logprobs=logprobs
         )
@@ -173,7 +172,7 @@ class QuietStarDecoder:
             stop_token_ids=sorted(self.stop_token_ids),
             include_stop_str_in_output=True,
             seed=self._seed(),
-            logprobs=None,
+            logprobs=self.sampling.logprobs,
             output_kind=RequestOutputKind.DELTA,
         )
         self.engine_calls += 1
@@ -185,7 +184,10 @@ class QuietStarDecoder:
             ids = list(completion.token_ids)
             step_end = isinstance(completion.stop_reason, str)
             if ids or ended or step_end:
-                yield Piece(ids, eos=ended, step_end=step_end)
+                logprobs = None
+                if completion.logprobs:
+                    logprobs = [_finite(top) for top in completion.logprobs]
+                yield Piece(ids, eos=ended, step_end=step_end, logprobs=logprobs)
 
     async def tokens(
         self, prompt_ids: list[int], max_tokens: int, step_ends: list[str] | None = None
@@ -225,3 +227,9 @@ class QuietStarDecoder:
                 if piece.eos:
                     return
             at_step_start = True
+
+
+def _finite(top: dict) -> dict:
+    """Drop tokens the talk distribution excludes (-inf: masked, or cut by top-p/top-k):
+    they have probability 0 and JSON has no -inf."""
+    return {i: lp for i, lp in top.items() if math.isfinite(lp.logprob)}

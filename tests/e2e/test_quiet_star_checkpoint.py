@@ -155,6 +155,7 @@ def test_penalties_are_refused(qs, field, value) -> None:
 
 def filler_ids(tokenizer, count: int) -> list[int]:
     ids = tokenizer.encode(PROMPT * 40, add_special_tokens=False)
+    assert len(ids) >= count - 1
     return [tokenizer.bos_token_id, *ids[: count - 1]]
 
 
