@@ -190,14 +190,12 @@ class QuietStarLogitsProcessor(LogitsProcessor):
             return torch.tensor(values, dtype=dtype, device=logits.device)
 
         w = self._mixing_weights(logits, idx, ready, saved, per_row("mixing_weight"))
-        width = max(len(row.spec.talk_banned_token_ids) for _, row in ready)
         banned = None
-        if width:
-            banned = torch.tensor(
-                [_pad(row.spec.talk_banned_token_ids or row.spec.start_token_ids, width)
-                 for _, row in ready],
-                device=logits.device,
-            )  # fmt: skip
+        if any(row.spec.talk_banned_token_ids for _, row in ready):
+            banned = torch.zeros(len(ready), logits.shape[1], dtype=torch.bool)
+            for k, (_, row) in enumerate(ready):
+                banned[k, list(row.spec.talk_banned_token_ids)] = True
+            banned = banned.to(logits.device)
         logits[idx] = tensor_ops.talk_logits(
             base,
             logits[idx],

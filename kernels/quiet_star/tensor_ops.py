@@ -53,8 +53,8 @@ def talk_logits(
 
     `(1 - w) * log p_base + w * log p_thought` equals the original's logit-space mix of the
     two heads up to a per-row constant, for any real w (the learned head's w is unbounded), so
-    it defines the same distribution. `banned` ([rows, k] ids, repeat one to pad) can never be
-    the talk token (the reference masks its thought and added ids). Rows with temperature 0
+    it defines the same distribution. `banned` ([rows, vocab] bool) can never be the talk
+    token (the reference masks its thought and added ids). Rows with temperature 0
     become one-hot at the argmax of the masked mix (greedy). Per-row tensors: [rows].
     """
     greedy = temperature <= 0
@@ -69,8 +69,8 @@ def talk_logits(
         safe_t = torch.where(greedy, torch.ones_like(temperature), temperature).view(-1, 1)
         scaled = mixed / safe_t
     if banned is not None:
-        mixed = mixed.scatter(1, banned, NEG_INF)
-        scaled = scaled.scatter(1, banned, NEG_INF)
+        mixed = mixed.masked_fill(banned, NEG_INF)
+        scaled = scaled.masked_fill(banned, NEG_INF)
     if min_p is not None:
         scaled = apply_min_p(scaled, min_p)
     if top_k is not None:

@@ -216,11 +216,28 @@ def test_talk_banned_ids_min_p_and_top_k() -> None:
     base = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).log_softmax(-1)
     post = base.clone()
     one = torch.ones(1)
-    out = tensor_ops.talk_logits(
-        base, post, 0.5 * one, one, one, banned=torch.tensor([[0]]), top_k=torch.tensor([2])
-    )
+    ban0 = torch.tensor([[True, False, False, False, False]])
+    k2 = torch.tensor([2])
+    out = tensor_ops.talk_logits(base, post, 0.5 * one, one, one, banned=ban0, top_k=k2)
     assert only_allowed(out[0]) == [1, 2]  # id 0 banned, then the top 2 of the rest
     out = tensor_ops.talk_logits(base, post, 0.5 * one, one, one, min_p=torch.tensor([0.3]))
     assert only_allowed(out[0]) == [0, 1]  # p >= 0.3 * p_max: e^-1 = 0.37 yes, e^-2 no
-    greedy = tensor_ops.talk_logits(base, post, one, 0 * one, one, banned=torch.tensor([[0]]))
+    greedy = tensor_ops.talk_logits(base, post, one, 0 * one, one, banned=ban0)
     assert only_allowed(greedy[0]) == [1]  # greedy over the masked mix
+
+
+def test_talk_bans_apply_only_to_the_rows_that_have_them() -> None:
+    proc = make()
+    outs: list[list[int]] = [[], []]
+    banning = spec("a", t=0, mixing_weight=0.0, talk_banned_token_ids=(3,))
+    plain = spec("b", t=0, mixing_weight=0.0, start_token_ids=(7, 8))
+    add(proc, (0, params(banning), [1], outs[0]), (1, params(plain), [1], outs[1]))
+    base = torch.zeros(2, VOCAB)
+    base[0, 3] = 5.0  # row 0's base argmax: id 3, which row 0 bans
+    base[1, 7] = 5.0  # row 1's: id 7, the first token of its (multi-token) start string
+    proc.apply(base.clone())
+    outs[0] += [START, END]
+    outs[1] += [7, 8, END]  # both rows now at their talk step
+    talk = proc.apply(torch.zeros(2, VOCAB))  # w = 0: the base decides
+    assert only_allowed(talk[0]) != [3]  # banned in row 0
+    assert only_allowed(talk[1]) == [7]  # row 1 bans nothing
