@@ -73,6 +73,18 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(64, ge=1, description="Most sequences the engine batches at once.")
     enforce_eager: bool | None = Field(None, description="Skip graph capture; default True on CPU.")
     max_logprobs: int = Field(20, ge=0, le=100)
+    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = Field(
+        "raw_logprobs",
+        description="vLLM's logprobs mode. 'processed_logprobs' reports the distribution "
+        "actually sampled (after temperature/top-p and logits processors); quiet_star returns "
+        "logprobs of its talk tokens only in that mode.",
+    )
+    quiet_star_thought_embeddings: Literal["eval", "trained", "vocab"] = Field(
+        "eval",
+        description="How a Quiet-STaR checkpoint embeds its thought tokens: 'eval' = "
+        "embed('---') as the released eval script does, 'trained' = the checkpoint's "
+        "start/end_embedding, 'vocab' = its embed_tokens rows (docs/quiet_star.md).",
+    )
     seed: int = 0
 
     # --- methods -----------------------------------------------------------------------

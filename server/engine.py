@@ -21,6 +21,8 @@ from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
+from kernels.quiet_star import checkpoint as quiet_star_checkpoint
+from kernels.quiet_star.plugin import register as register_quiet_star_model
 from server.config import Settings
 from server.flops import FlopsModel
 from server.usage import Component, UsageMeter
@@ -48,6 +50,8 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
     return AsyncEngineArgs(
         model=model_path,
+        hf_overrides=quiet_star_overrides(settings, model_path) or {},
+        logprobs_mode=settings.logprobs_mode,
         served_model_name=[served_name(settings, model_path)],
         dtype=settings.dtype or "auto",
         block_size=settings.block_size,
@@ -62,6 +66,25 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         disable_log_stats=False,  # keeps vLLM's own vllm:* Prometheus series
         logits_processors=[QUIET_STAR_PROCESSOR],
     )
+
+
+def quiet_star_overrides(settings: Settings, model_path: str) -> dict | None:
+    """A Quiet-STaR checkpoint says `MistralForCausalLM`; serve it with our architecture,
+    which loads its mixing head and thought embeddings (docs/quiet_star.md). Recognised by
+    the Quiet-STaR keys of its config.json; other models are served as they are."""
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(
+            model_path, trust_remote_code=settings.trust_remote_code
+        )
+    except OSError:
+        return None  # not a Hugging Face model folder/id: vLLM reports it properly
+    if not quiet_star_checkpoint.is_quiet_star_config(config):
+        return None
+    register_quiet_star_model()  # here; engine processes: kernels/quiet_star/plugin.py
+    logger.info("serving a Quiet-STaR checkpoint with its mixing head (%s)", model_path)
+    return quiet_star_checkpoint.hf_overrides(config, settings.quiet_star_thought_embeddings)
 
 
 def served_name(settings: Settings, model_path: str) -> str:

@@ -9,10 +9,16 @@ far, which drives a small state machine per batch row:
 | start, rest   | forced to the next token of a multi-token start delimiter           |
 | thought (t)   | scaled by the thought temperature; start/end/EOS banned             |
 | end           | forced to the thought-end token(s)                                  |
-| talk          | mix(base, post-thought), user temperature and top-p: the output     |
+| talk          | mix(base, post-thought), mask, user temperature/min-p/top-k/top-p   |
 
 A Quiet-STaR checkpoint has one start and one end token (t + 3 steps); other models may use
 multi-token delimiter strings (a few more steps).
+
+The mixing weight w is the request's (`mixing_weight`), or, for `mixing_source == "head"`,
+the served checkpoint's learned head evaluated on the post-norm hidden states of the step-0
+row (h_base) and the talk row (h_end): the model publishes the hidden state of every logits
+row (kernels/quiet_star/hidden.py) and this processor keeps h_base next to the base
+distribution.
 
 Robustness (why the bookkeeping below):
 * chunked prefill: a partially prefilled prompt also produces a row at step 0 whose sample is
@@ -39,12 +45,26 @@ from vllm.v1.sample.logits_processor import (
     MoveDirectionality,
 )
 
-from kernels.quiet_star import tensor_ops
+from kernels.quiet_star import hidden, tensor_ops
+from kernels.quiet_star.plugin import register
 from kernels.quiet_star.spec import QuietStarSpec
+
+# vLLM imports this module in every engine worker before it loads the model: registering the
+# Quiet-STaR architecture here makes it resolvable even where the package's vLLM plugin entry
+# point is not installed (a plain checkout). Idempotent.
+register()
 
 # Bases of requests that left the batch unfinished (preempted or aborted), kept for their
 # return; bounded so aborted requests cannot leak memory.
 _MAX_PARKED_BASES = 256
+
+
+@dataclass
+class _Saved:
+    """What step 0 leaves for the talk step of the same request."""
+
+    base: torch.Tensor  # log_softmax of the base logits (full vocabulary)
+    h_base: torch.Tensor | None  # post-norm hidden state of that row (head mixing only)
 
 
 @dataclass
@@ -66,7 +86,7 @@ class QuietStarLogitsProcessor(LogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self.rows: dict[int, _Row] = {}
-        self.bases: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.bases: OrderedDict[str, _Saved] = OrderedDict()
 
     def is_argmax_invariant(self) -> bool:
         return False  # it forces tokens and mixes distributions: greedy results change
@@ -134,8 +154,14 @@ class QuietStarLogitsProcessor(LogitsProcessor):
     def _start(self, logits: torch.Tensor, rows: list[tuple[int, _Row]]) -> None:
         idx = torch.tensor([i for i, _ in rows], device=logits.device)
         base = torch.log_softmax(logits[idx], dim=-1)
+        needs_hidden = any(row.spec.mixing_source == "head" for _, row in rows)
+        states = hidden.latest(logits.shape[0])[idx] if needs_hidden else None
         for k, (_, row) in enumerate(rows):
-            self.bases[row.spec.key] = base[k].clone()  # last write wins (chunked prefill)
+            h_base = None
+            if states is not None and row.spec.mixing_source == "head":
+                h_base = states[k].clone()
+            # last write wins (chunked prefill)
+            self.bases[row.spec.key] = _Saved(base[k].clone(), h_base)
             self.bases.move_to_end(row.spec.key)
         self._force(logits, rows, [row.spec.start_token_ids[0] for _, row in rows])
 
@@ -156,19 +182,54 @@ class QuietStarLogitsProcessor(LogitsProcessor):
         if not ready:
             return
         idx = torch.tensor([i for i, _ in ready], device=logits.device)
-        base = torch.stack([self.bases[row.spec.key] for _, row in ready]).to(logits.device)
+        saved = [self.bases[row.spec.key] for _, row in ready]
+        base = torch.stack([s.base for s in saved]).to(logits.device)
 
-        def per_row(name: str) -> torch.Tensor:
+        def per_row(name: str, dtype: torch.dtype = logits.dtype) -> torch.Tensor:
             values = [getattr(row.spec, name) for _, row in ready]
-            return torch.tensor(values, dtype=logits.dtype, device=logits.device)
+            return torch.tensor(values, dtype=dtype, device=logits.device)
 
+        w = self._mixing_weights(logits, idx, ready, saved, per_row("mixing_weight"))
+        banned = None
+        if any(row.spec.talk_banned_token_ids for _, row in ready):
+            banned = torch.zeros(len(ready), logits.shape[1], dtype=torch.bool)
+            for k, (_, row) in enumerate(ready):
+                banned[k, list(row.spec.talk_banned_token_ids)] = True
+            banned = banned.to(logits.device)
         logits[idx] = tensor_ops.talk_logits(
             base,
             logits[idx],
-            per_row("mixing_weight"),
+            w,
             per_row("temperature"),
             per_row("top_p"),
+            top_k=per_row("top_k", torch.long),
+            min_p=per_row("min_p"),
+            banned=banned,
         )
+
+    @staticmethod
+    def _mixing_weights(
+        logits: torch.Tensor,
+        idx: torch.Tensor,
+        ready: list[tuple[int, _Row]],
+        saved: list[_Saved],
+        requested: torch.Tensor,
+    ) -> torch.Tensor:
+        """The request's w, replaced by the checkpoint head's w on rows that ask for it."""
+        head_rows = [k for k, (_, row) in enumerate(ready) if row.spec.mixing_source == "head"]
+        if not head_rows:
+            return requested
+        model = hidden.head()
+        if model is None or any(saved[k].h_base is None for k in head_rows):
+            raise RuntimeError(
+                "Quiet-STaR: a request asked for the checkpoint's mixing head, but the served "
+                "model has none (the gateway only asks when it serves QuietStarMistralForCausalLM)"
+            )
+        h_end = hidden.latest(logits.shape[0])[idx[head_rows]]
+        h_base = torch.stack([saved[k].h_base for k in head_rows]).to(h_end.device)
+        w = requested.clone()
+        w[head_rows] = model.mixing_weight(h_base, h_end).to(w.device, w.dtype)
+        return w
 
     @staticmethod
     def _force(logits: torch.Tensor, rows: list[tuple[int, _Row]], token_ids: list[int]) -> None:

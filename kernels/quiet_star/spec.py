@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 EXTRA_ARGS_KEY = "quiet_star"
+MIXING_SOURCES = ("head", "request")
+_ID_TUPLES = ("start_token_ids", "end_token_ids", "banned_token_ids", "talk_banned_token_ids")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,12 @@ class QuietStarSpec:
     start_token_ids: tuple[int, ...]  # forced first (one token for a Quiet-STaR checkpoint)
     end_token_ids: tuple[int, ...]  # forced after the thought
     banned_token_ids: tuple[int, ...]  # never sampled inside a thought (start, end, EOS)
+    # "head": w comes from the served checkpoint's mixing head (kernels/quiet_star/model.py);
+    # "request": w is `mixing_weight`.
+    mixing_source: str = "request"
+    talk_banned_token_ids: tuple[int, ...] = ()  # never the talk token (thought/added ids)
+    top_k: int = 0  # the user's, applied to the talk token (0 = off)
+    min_p: float = 0.0
 
     @property
     def steps(self) -> int:
@@ -51,7 +59,7 @@ class QuietStarSpec:
 
     def to_extra_args(self) -> dict:
         data = asdict(self)
-        for name in ("start_token_ids", "end_token_ids", "banned_token_ids"):
+        for name in _ID_TUPLES:
             data[name] = list(data[name])
         return {EXTRA_ARGS_KEY: data}
 
@@ -60,7 +68,7 @@ class QuietStarSpec:
         if not extra_args or EXTRA_ARGS_KEY not in extra_args:
             return None
         data = dict(extra_args[EXTRA_ARGS_KEY])
-        for name in ("start_token_ids", "end_token_ids", "banned_token_ids"):
+        for name in _ID_TUPLES:
             data[name] = tuple(data.get(name, ()))
         spec = cls(**data)
         spec.validate()
@@ -79,3 +87,7 @@ class QuietStarSpec:
             raise ValueError("temperature must be >= 0")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top_p must be in (0, 1]")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError("min_p must be in [0, 1]")
+        if self.mixing_source not in MIXING_SOURCES:
+            raise ValueError(f"quiet_star.mixing_source must be one of {MIXING_SOURCES}")

@@ -43,12 +43,19 @@ def talk_logits(
     mixing_weight: torch.Tensor,
     temperature: torch.Tensor,
     top_p: torch.Tensor,
+    *,
+    top_k: torch.Tensor | None = None,
+    min_p: torch.Tensor | None = None,
+    banned: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The talk token: mix the base and post-thought distributions, then temperature, top-p.
+    """The talk token: mix the base and post-thought distributions, mask, then temperature,
+    min-p, top-k, top-p (vLLM's order).
 
     `(1 - w) * log p_base + w * log p_thought` equals the original's logit-space mix of the
-    two heads up to a per-row constant, so it defines the same distribution. Rows with
-    temperature 0 become one-hot at the argmax of the mix (greedy). All per-row tensors: [rows].
+    two heads up to a per-row constant, for any real w (the learned head's w is unbounded), so
+    it defines the same distribution. `banned` ([rows, vocab] bool) can never be the talk
+    token (the reference masks its thought and added ids). Rows with temperature 0
+    become one-hot at the argmax of the masked mix (greedy). Per-row tensors: [rows].
     """
     greedy = temperature <= 0
     if use_triton():
@@ -61,12 +68,38 @@ def talk_logits(
         mixed = (1.0 - w) * base_logprobs + w * torch.log_softmax(post_logits, dim=-1)
         safe_t = torch.where(greedy, torch.ones_like(temperature), temperature).view(-1, 1)
         scaled = mixed / safe_t
+    if banned is not None:
+        mixed = mixed.masked_fill(banned, NEG_INF)
+        scaled = scaled.masked_fill(banned, NEG_INF)
+    if min_p is not None:
+        scaled = apply_min_p(scaled, min_p)
+    if top_k is not None:
+        scaled = apply_top_k(scaled, top_k)
     scaled = apply_top_p(scaled, top_p)
     if bool(greedy.any()):
         one_hot = torch.full_like(scaled, NEG_INF)
         one_hot.scatter_(1, mixed.argmax(dim=-1, keepdim=True), 0.0)
         scaled = torch.where(greedy.view(-1, 1), one_hot, scaled)
     return scaled
+
+
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Drop tokens whose probability is below `min_p` times the top probability (0 = off)."""
+    if bool((min_p <= 0).all()):
+        return logits
+    probs = logits.softmax(dim=-1)
+    threshold = min_p.view(-1, 1) * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, NEG_INF)
+
+
+def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Keep the `top_k` largest logits per row (k <= 0 or >= vocab = off)."""
+    vocab = logits.shape[-1]
+    k = torch.where((top_k <= 0) | (top_k > vocab), torch.full_like(top_k, vocab), top_k)
+    if bool((k >= vocab).all()):
+        return logits
+    kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1).long().view(-1, 1))
+    return logits.masked_fill(logits < kth, NEG_INF)
 
 
 def apply_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

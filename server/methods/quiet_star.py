@@ -12,15 +12,14 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from server.api.errors import APIError
 from server.detokenize import IncrementalText
 from server.engine import Engine
 from server.limits import RequestWork
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
 from server.methods.streams import merge_streams
 from server.quiet_star.decoder import QuietStarDecoder
-from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
+from server.quiet_star.validation import check_quiet_star_input
 
 
 class QuietStar(Method):
@@ -28,10 +27,7 @@ class QuietStar(Method):
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {"quiet_star": QuietStarParams}
 
     def check(self, inp: MethodInput, engine: Engine) -> None:
-        if inp.sampling.logprobs is not None:
-            raise APIError(f"logprobs is not supported by method '{self.name}'", param="logprobs")
-        params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
-        resolve_delimiters(engine.tokenizer, params.start_token, params.end_token)
+        check_quiet_star_input(inp, engine, self.name)
 
     def work(self, inp: MethodInput) -> RequestWork:
         """`n` sequences; each output token may be a whole thought (a step can be one token)."""
@@ -50,7 +46,7 @@ class QuietStar(Method):
             ctx, params, inp.sampling, seed_base=(inp.sampling.seed or 0) + index
         )
         text = IncrementalText(ctx.engine.tokenizer, inp.sampling.stop)
-        eos = None if inp.sampling.ignore_eos else ctx.engine.eos_token_id
+        stop_ids = decoder.stop_token_ids  # EOS (and BOS for a checkpoint) unless ignore_eos
         thoughts: list[str] = []
         thought_ids: list[list[int]] = []
         step_ids: list[list[int]] = []
@@ -63,19 +59,22 @@ class QuietStar(Method):
                     thoughts += [ctx.engine.decode(t) for t in piece.thoughts]
                     thought_ids += piece.thoughts
                     step_ids += piece.steps
-                if eos is not None and eos in piece.token_ids:
-                    kept = piece.token_ids[: piece.token_ids.index(eos)]
+                hit = [i for i, t in enumerate(piece.token_ids) if t in stop_ids]
+                if hit:
+                    kept = piece.token_ids[: hit[0]]
                     delta = text.add(kept)
-                    yield ChoiceDelta(index, delta.text, token_ids=kept)
+                    logprobs = piece.logprobs[: hit[0]] if piece.logprobs else None
+                    yield ChoiceDelta(index, delta.text, token_ids=kept, logprobs=logprobs)
                     finish = "stop"
                     break
                 delta = text.add(piece.token_ids)
                 produced += len(piece.token_ids)
+                yield ChoiceDelta(
+                    index, delta.text, token_ids=piece.token_ids, logprobs=piece.logprobs
+                )
                 if delta.stopped_by is not None or piece.eos:
-                    yield ChoiceDelta(index, delta.text, token_ids=piece.token_ids)
                     finish = "stop"
                     break
-                yield ChoiceDelta(index, delta.text, token_ids=piece.token_ids)
         finally:
             await stream.aclose()  # aborts an engine request still in flight
         ctx.details.setdefault("quiet_star", []).append(
@@ -83,6 +82,15 @@ class QuietStar(Method):
                 "request": f"{ctx.request_id}-{index}",
                 "engine_calls": decoder.engine_calls,
                 "output_tokens": produced,
+                # "head": the checkpoint's learned mixing head; "request": a fixed w
+                "mixing_weight_source": decoder.mixing_source,
+                **(
+                    {"mixing_weight": decoder.mixing_weight}
+                    if decoder.mixing_source == "request"
+                    else {}
+                ),
+                "thought_tokens": decoder.thought_tokens,
+                "stopped_at_context_limit": decoder.truncated,
                 **(
                     {
                         "thoughts": thoughts,

@@ -19,8 +19,8 @@ from server.limits import RequestWork
 from server.methods.base import MethodContext, MethodInput
 from server.methods.rebase import GeneratedStep, Rebase
 from server.quiet_star.decoder import QuietStarDecoder
-from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
+from server.quiet_star.validation import check_quiet_star_input
 from server.rebase.params import RebaseParams
 
 
@@ -33,8 +33,7 @@ class QuietStarRebase(Rebase):
 
     def check(self, inp: MethodInput, engine: Engine) -> None:
         super().check(inp, engine)
-        params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
-        resolve_delimiters(engine.tokenizer, params.start_token, params.end_token)
+        check_quiet_star_input(inp, engine, self.name)
 
     def work(self, inp: MethodInput) -> RequestWork:
         """REBASE's sequences; each path thinks per token, or once per step (node) with
@@ -58,13 +57,14 @@ class QuietStarRebase(Rebase):
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         decoder = QuietStarDecoder(ctx, params, inp.sampling, seed_base=seed or 0)
         text = IncrementalText(ctx.engine.tokenizer, stops)
-        eos = ctx.engine.eos_token_id
+        stop_ids = decoder.stop_token_ids
         token_ids: list[int] = []
         finish, stop_reason = "length", None
         async with aclosing(decoder.tokens(prompt, max_tokens, step_ends=stops)) as stream:
             async for piece in stream:
-                if eos is not None and eos in piece.token_ids:
-                    token_ids += piece.token_ids[: piece.token_ids.index(eos) + 1]
+                hit = [i for i, t in enumerate(piece.token_ids) if t in stop_ids]
+                if hit:
+                    token_ids += piece.token_ids[: hit[0] + 1]
                     finish = "stop"
                     break
                 if piece.eos:

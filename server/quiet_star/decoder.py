@@ -6,11 +6,16 @@ processor (kernels/quiet_star), which forces the delimiters, samples the thought
 the talk token. Only the talk token is appended: the thought never enters the visible
 context, as in the original. Prefix caching serves the shared prompt, so a token costs about
 `t + 3` forward tokens plus the partial KV block tail.
+
+Near `max_model_len` a step that does not fit entirely is not started (the text ends with
+finish_reason "length"), and a step the engine cut short is dropped: a thought token is
+never returned as text.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ from kernels.quiet_star.spec import QuietStarSpec
 from server.methods.base import MethodContext, SamplingSpec
 from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
+from server.quiet_star.served_model import DEFAULT_MIXING_WEIGHT, served_model
 
 
 @dataclass
@@ -33,6 +39,7 @@ class Piece:
     steps: list[list[int]] = field(default_factory=list)  # every token each engine call made
     eos: bool = False  # the sequence ended here (EOS or a stop token) in a plain segment
     step_end: bool = False  # a plain segment ended at one of the step-ending strings
+    logprobs: list[dict] | None = None  # per token: vLLM's {id: Logprob}, finite entries only
 
 
 class QuietStarDecoder:
@@ -43,36 +50,87 @@ class QuietStarDecoder:
     ) -> None:
         self.ctx, self.params, self.sampling = ctx, params, sampling
         tokenizer = ctx.engine.tokenizer
+        self.model = served_model(ctx.engine)
         self.start_ids, self.end_ids = resolve_delimiters(
             tokenizer, params.start_token, params.end_token
         )
+        self.thought_tokens = (
+            params.thought_tokens
+            if params.thought_tokens is not None
+            else self.model.default_thought_tokens
+        )
+        if params.mixing_weight is not None:
+            self.mixing_source, self.mixing_weight = "request", params.mixing_weight
+        elif self.model.has_mixing_head:
+            self.mixing_source, self.mixing_weight = "head", 0.0  # w comes from the head
+        else:
+            self.mixing_source, self.mixing_weight = "request", DEFAULT_MIXING_WEIGHT
         eos = ctx.engine.eos_token_id
-        self.banned = tuple(
-            sorted({*self.start_ids, *self.end_ids, *([eos] if eos is not None else [])})
+        delimiters = {*self.start_ids, *self.end_ids}
+        if self.model.has_mixing_head:
+            # The reference bans only the thought tokens inside a thought (EOS may be thought).
+            self.banned = tuple(sorted(delimiters))
+            talk_banned = delimiters | set(self.model.added_token_ids)
+        else:
+            self.banned = tuple(sorted(delimiters | ({eos} if eos is not None else set())))
+            # single-token special delimiters (e.g. <|startthought|>) are never text
+            talk_banned = {
+                i
+                for ids in (self.start_ids, self.end_ids)
+                if len(ids) == 1
+                for i in ids
+                if i in self.model.special_token_ids
+            }
+        self.talk_banned = tuple(sorted(talk_banned))
+        stops = {eos, *self.model.stop_token_ids} - {None}
+        self.stop_token_ids: frozenset[int] = (
+            frozenset() if sampling.ignore_eos else frozenset(stops)  # type: ignore[arg-type]
         )
         self._seeds = itertools.count(seed_base * 1_000_003)
         self.engine_calls = 0
+        self.truncated = False  # stopped because the next step would pass max_model_len
 
-    def spec(self) -> QuietStarSpec:
+    @property
+    def steps(self) -> int:
+        """Engine steps of one thinking token (start, thought, end, talk)."""
+        return len(self.start_ids) + self.thought_tokens + len(self.end_ids) + 1
+
+    def context(self, prompt_ids: list[int]) -> list[int]:
+        """The prompt as the model expects it: after BOS when its tokenizer adds one (the
+        reference eval tokenizes with special tokens)."""
+        bos = self.model.bos_token_id
+        if bos is not None and (not prompt_ids or prompt_ids[0] != bos):
+            return [bos, *prompt_ids]
+        return list(prompt_ids)
+
+    def spec(self, visible: int) -> QuietStarSpec:
+        talk_banned = set(self.talk_banned)
+        if visible < self.sampling.min_tokens:
+            talk_banned |= self.stop_token_ids  # min_tokens: no EOS/stop token yet
         return QuietStarSpec(
             key=uuid.uuid4().hex,
-            thought_tokens=self.params.thought_tokens,
-            mixing_weight=self.params.mixing_weight,
+            thought_tokens=self.thought_tokens,
+            mixing_weight=self.mixing_weight,
             thought_temperature=self.params.thought_temperature,
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
             start_token_ids=self.start_ids,
             end_token_ids=self.end_ids,
             banned_token_ids=self.banned,
+            mixing_source=self.mixing_source,
+            talk_banned_token_ids=tuple(sorted(talk_banned)),
+            top_k=self.sampling.top_k if self.sampling.top_k and self.sampling.top_k > 0 else 0,
+            min_p=self.sampling.min_p,
         )
 
     def _seed(self) -> int | None:
         seed = next(self._seeds)
         return seed if self.sampling.seed is not None else None
 
-    async def think_one(self, context_ids: list[int]) -> Piece:
-        """One Quiet-STaR step: think, then return the talk token."""
-        spec = self.spec()
+    async def think_one(self, context_ids: list[int], visible: int) -> Piece | None:
+        """One Quiet-STaR step: think, then return the talk token (None: the engine cut the
+        step short, so there is no talk token)."""
+        spec = self.spec(visible)
         params = SamplingParams(
             n=1,
             max_tokens=spec.steps,
@@ -80,6 +138,7 @@ class QuietStarDecoder:
             top_p=1.0,
             seed=self._seed(),
             ignore_eos=True,  # a forced or thought token must not end the request
+            logprobs=self.sampling.logprobs,
             detokenize=False,
             skip_special_tokens=False,
             extra_args=spec.to_extra_args(),
@@ -89,21 +148,31 @@ class QuietStarDecoder:
         async for output in self.ctx.engine.generate(context_ids, params, self.ctx.meter):
             final = output
         self.engine_calls += 1
-        tokens = list(final.outputs[0].token_ids)
-        self.ctx.meter.thought_tokens += spec.thought_steps
+        completion = final.outputs[0]
+        tokens = list(completion.token_ids)
+        self.ctx.meter.thought_tokens += min(len(tokens), spec.thought_steps)
+        if len(tokens) != spec.steps:
+            return None
         s = len(spec.start_token_ids)
-        return Piece([tokens[-1]], [tokens[s : s + spec.thought_tokens]], [tokens])
+        logprobs = None
+        if self.sampling.logprobs is not None and completion.logprobs:
+            logprobs = [_finite(completion.logprobs[-1])]
+        return Piece(
+            [tokens[-1]], [tokens[s : s + spec.thought_tokens]], [tokens], logprobs=logprobs
+        )
 
     async def plain(
-        self, context_ids: list[int], max_tokens: int, stops: list[str]
+        self, context_ids: list[int], max_tokens: int, stops: list[str], visible: int
     ) -> AsyncIterator[Piece]:
         """Plain decoding to the end of the current step (the cheaper `step_start` mode)."""
         params = self.sampling.to_vllm(
             max_tokens=max_tokens,
+            min_tokens=min(max(self.sampling.min_tokens - visible, 0), max_tokens),
             stop=stops,
+            stop_token_ids=sorted(self.stop_token_ids),
             include_stop_str_in_output=True,
             seed=self._seed(),
-            logprobs=None,
+            logprobs=self.sampling.logprobs,
             output_kind=RequestOutputKind.DELTA,
         )
         self.engine_calls += 1
@@ -115,30 +184,52 @@ class QuietStarDecoder:
             ids = list(completion.token_ids)
             step_end = isinstance(completion.stop_reason, str)
             if ids or ended or step_end:
-                yield Piece(ids, eos=ended, step_end=step_end)
+                logprobs = None
+                if completion.logprobs:
+                    logprobs = [_finite(top) for top in completion.logprobs]
+                yield Piece(ids, eos=ended, step_end=step_end, logprobs=logprobs)
 
     async def tokens(
         self, prompt_ids: list[int], max_tokens: int, step_ends: list[str] | None = None
     ) -> AsyncIterator[Piece]:
         """Visible tokens, up to `max_tokens`; the caller stops early on EOS or stop strings
         (closing this generator aborts the engine request in flight). In `step_start` mode a
-        step ends at any of `step_ends` (default: the `step_delimiter` parameter)."""
+        step ends at any of `step_ends` (default: the `step_delimiter` parameter). Ends early
+        (with `truncated` set) where the next step would not fit in `max_model_len`."""
         visible: list[int] = []
         step_ends = step_ends or [self.params.step_delimiter]
         tokenizer = self.ctx.engine.tokenizer
+        context = self.context(prompt_ids)
+        limit = self.ctx.engine.max_model_len
         at_step_start = True
         while len(visible) < max_tokens:
+            room = limit - len(context) - len(visible)
             if self.params.think == "every_token" or at_step_start:
-                piece = await self.think_one(prompt_ids + visible)
+                if room < self.steps:  # the talk token would need positions past the limit
+                    self.truncated = True
+                    return
+                piece = await self.think_one(context + visible, len(visible))
+                if piece is None:
+                    self.truncated = True
+                    return
                 visible += piece.token_ids
                 yield piece
                 text = tokenizer.decode(piece.token_ids)
                 at_step_start = any(text.endswith(end) for end in step_ends)
                 continue
-            remaining = max_tokens - len(visible)
-            async for piece in self.plain(prompt_ids + visible, remaining, step_ends):
+            remaining = min(max_tokens - len(visible), room)
+            if remaining <= 0:
+                self.truncated = True
+                return
+            async for piece in self.plain(context + visible, remaining, step_ends, len(visible)):
                 visible += piece.token_ids
                 yield piece
                 if piece.eos:
                     return
             at_step_start = True
+
+
+def _finite(top: dict) -> dict:
+    """Drop tokens the talk distribution excludes (-inf: masked, or cut by top-p/top-k):
+    they have probability 0 and JSON has no -inf."""
+    return {i: lp for i, lp in top.items() if math.isfinite(lp.logprob)}

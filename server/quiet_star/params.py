@@ -10,14 +10,22 @@ from pydantic import BaseModel, ConfigDict, Field
 class QuietStarParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    thought_tokens: int = Field(
-        8, ge=0, le=64, description="Thought length t; each output token costs ~t + 3 steps."
+    thought_tokens: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Thought length t (sampled tokens between start and end); each output "
+        "token costs ~t + 3 steps. Default: the checkpoint's n_ahead - 3 (5 for "
+        "quietstar-8-ahead), else 8.",
     )
-    mixing_weight: float = Field(
-        0.1,  # measured: 0.1 keeps SmolLM2 coherent, 0.3 already degenerates (benchmarks.md)
+    mixing_weight: float | None = Field(
+        None,
         ge=0.0,
         le=1.0,
-        description="w in (1 - w) * base + w * post-thought; a learned head would predict it.",
+        description="w in (1 - w) * base + w * post-thought. Default: the checkpoint's learned "
+        "mixing head when the served model has one, else 0.1 (measured: keeps SmolLM2 "
+        "coherent, 0.3 already degenerates, docs/benchmarks.md). A value here overrides the "
+        "head.",
     )
     thought_temperature: float = Field(1.0, gt=0.0, le=5.0)
     think: Literal["every_token", "step_start"] = Field(

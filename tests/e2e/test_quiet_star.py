@@ -61,11 +61,14 @@ def test_greedy_talk_token_is_argmax_of_the_mixed_distribution(http, hf_model) -
     w = 0.5
     body = quiet_star(http)
     detail = body["method_details"]["quiet_star"][0]
+    assert detail["mixing_weight_source"] == "request"  # a plain model has no mixing head
     context = tokenizer.encode(PROMPT, add_special_tokens=False)
+    delimiters = tokenizer.convert_tokens_to_ids(["<|startthought|>", "<|endthought|>"])
     for step in detail["step_token_ids"]:
         base = next_logprobs(model, context)
         post = next_logprobs(model, context + step[:-1])  # start + thought + end
         mixed = (1 - w) * base + w * post
+        mixed[delimiters] = float("-inf")  # a thought delimiter is never text
         talk = step[-1]
         top2 = mixed.topk(2).values
         if float(top2[0] - top2[1]) > 1e-3:  # skip numerical near-ties between engines
@@ -160,7 +163,10 @@ def test_n_gives_independent_samples(http) -> None:
             "quiet_star.start_token",
         ),
         ({"bogus": 1}, {}, "quiet_star.bogus"),
-        ({}, {"logprobs": 1}, "logprobs"),
+        ({}, {"logprobs": 1}, "logprobs"),  # the session gateway reports raw logprobs
+        ({}, {"presence_penalty": 1.0}, "presence_penalty"),
+        ({}, {"min_tokens": 2, "stop": ["."]}, "min_tokens"),
+        ({}, {"prompt": list(range(5, 1020))}, "prompt"),  # no room for one thought
     ],
 )
 def test_invalid_quiet_star_parameters_are_400(http, block, extra, param) -> None:
@@ -168,3 +174,23 @@ def test_invalid_quiet_star_parameters_are_400(http, block, extra, param) -> Non
     response = http.post("/v1/completions", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_no_thought_token_leaks_at_the_context_limit(http, hf_model) -> None:
+    """The prompt and max_tokens fit max_model_len (1024), but the last talk tokens' thoughts
+    (t + 2 positions after them) would not: generation stops before them, cleanly."""
+    _, tokenizer = hf_model
+    prompt = tokenizer.encode(PROMPT * 100, add_special_tokens=False)[:1000]
+    assert len(prompt) == 1000
+    body = quiet_star(
+        http, prompt=prompt, max_tokens=24, temperature=1.0, seed=7,
+        quiet_star={"thought_tokens": 5, "return_thoughts": True},
+    )  # fmt: skip
+    choice, detail = body["choices"][0], body["method_details"]["quiet_star"][0]
+    steps = detail["step_token_ids"]
+    assert choice["finish_reason"] == "length" and detail["stopped_at_context_limit"]
+    assert len(steps) == 1024 - 1000 - (5 + 3) + 1  # every step that fits, no more
+    assert all(len(step) == 5 + 3 for step in steps)  # no step cut short by the engine
+    delimiters = set(tokenizer.convert_tokens_to_ids(["<|startthought|>", "<|endthought|>"]))
+    assert not delimiters & {step[-1] for step in steps}
+    assert body["usage"]["completion_tokens"] == len(steps)

@@ -7,7 +7,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-from kernels.quiet_star import tensor_ops
+from kernels.quiet_star import hidden, tensor_ops
 from kernels.quiet_star.processor import QuietStarLogitsProcessor
 from kernels.quiet_star.spec import QuietStarSpec
 
@@ -163,3 +163,81 @@ def test_mixing_in_logprob_space_equals_logit_space_mix() -> None:
     ours = tensor_ops.talk_logits(a.log_softmax(-1), b, w, torch.ones(3), torch.ones(3)).softmax(-1)
     original = ((1 - w.view(-1, 1)) * a + w.view(-1, 1) * b).softmax(-1)
     assert torch.allclose(ours, original, atol=1e-6)
+
+
+# -- the checkpoint's mixing head (via the model's hidden-state side channel) ---------------
+
+
+class FakeHead:
+    """w = h_base[0] - h_end[0]: depends on both states, unbounded."""
+
+    def mixing_weight(self, h_base: torch.Tensor, h_end: torch.Tensor) -> torch.Tensor:
+        return (h_base[:, 0] - h_end[:, 0]).float()
+
+
+@pytest.fixture
+def fake_head():
+    head = FakeHead()
+    hidden.attach(head)
+    yield head
+    hidden._head = None
+    hidden._hidden = None
+
+
+def test_head_mixing_uses_the_hidden_states_of_the_base_and_talk_rows(fake_head) -> None:
+    proc = make()
+    out: list[int] = []
+    other: list[int] = []
+    s = spec(t=0, mixing_source="head", mixing_weight=0.0)
+    add(proc, (0, params(None), [1], other), (1, params(s), [1], out))
+    torch.manual_seed(3)
+    base_logits = torch.randn(2, VOCAB)
+    hidden.publish(torch.tensor([[9.0, 9.0], [2.5, 0.0]]))  # row 1's h_base[0] = 2.5
+    proc.apply(base_logits.clone())
+    out += [START, END]
+    post_logits = torch.randn(2, VOCAB)
+    hidden.publish(torch.tensor([[9.0, 9.0], [-0.5, 0.0]]))  # h_end[0] = -0.5: w = 3.0
+    talk = proc.apply(post_logits.clone())
+    w = 3.0  # outside [0, 1]: the head is unbounded, as in the reference
+    mixed = (1 - w) * base_logits[1] + w * post_logits[1]
+    assert only_allowed(talk[1]) == [int(mixed.argmax())]
+    assert torch.equal(talk[0], post_logits[0])  # the other row is untouched
+
+
+def test_head_mixing_checks_that_hidden_rows_match_logits_rows(fake_head) -> None:
+    proc = make()
+    add(proc, (0, params(spec(mixing_source="head")), [1], []))
+    hidden.publish(torch.zeros(3, 2))
+    with pytest.raises(RuntimeError, match="do not match"):
+        proc.apply(torch.zeros(1, VOCAB))
+
+
+def test_talk_banned_ids_min_p_and_top_k() -> None:
+    base = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).log_softmax(-1)
+    post = base.clone()
+    one = torch.ones(1)
+    ban0 = torch.tensor([[True, False, False, False, False]])
+    k2 = torch.tensor([2])
+    out = tensor_ops.talk_logits(base, post, 0.5 * one, one, one, banned=ban0, top_k=k2)
+    assert only_allowed(out[0]) == [1, 2]  # id 0 banned, then the top 2 of the rest
+    out = tensor_ops.talk_logits(base, post, 0.5 * one, one, one, min_p=torch.tensor([0.3]))
+    assert only_allowed(out[0]) == [0, 1]  # p >= 0.3 * p_max: e^-1 = 0.37 yes, e^-2 no
+    greedy = tensor_ops.talk_logits(base, post, one, 0 * one, one, banned=ban0)
+    assert only_allowed(greedy[0]) == [1]  # greedy over the masked mix
+
+
+def test_talk_bans_apply_only_to_the_rows_that_have_them() -> None:
+    proc = make()
+    outs: list[list[int]] = [[], []]
+    banning = spec("a", t=0, mixing_weight=0.0, talk_banned_token_ids=(3,))
+    plain = spec("b", t=0, mixing_weight=0.0, start_token_ids=(7, 8))
+    add(proc, (0, params(banning), [1], outs[0]), (1, params(plain), [1], outs[1]))
+    base = torch.zeros(2, VOCAB)
+    base[0, 3] = 5.0  # row 0's base argmax: id 3, which row 0 bans
+    base[1, 7] = 5.0  # row 1's: id 7, the first token of its (multi-token) start string
+    proc.apply(base.clone())
+    outs[0] += [START, END]
+    outs[1] += [7, 8, END]  # both rows now at their talk step
+    talk = proc.apply(torch.zeros(2, VOCAB))  # w = 0: the base decides
+    assert only_allowed(talk[0]) != [3]  # banned in row 0
+    assert only_allowed(talk[1]) == [7]  # row 1 bans nothing
