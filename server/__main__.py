@@ -6,22 +6,23 @@ re-imports the main module.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 
 from server.app import create_app
 from server.config import Settings
+from server.logging_setup import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    # log_config=None: uvicorn's loggers propagate to ours (same format, request ids).
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
 from server.config import Settings
 from server.flops import FlopsModel
+from server.tracing import engine_request_id
 from server.usage import Component, UsageMeter
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,9 @@ class Engine:
         """
         if params.n != 1:
             raise ValueError("Engine.generate runs one sequence; fan out n in the method")
-        request_id = request_id or uuid.uuid4().hex
+        # Every engine request id starts with its HTTP request's id (docs/architecture.md).
+        request_id = request_id or engine_request_id()
+        logger.debug("engine request %s: %d prompt tokens", request_id, len(prompt_token_ids))
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
         cached_tokens = 0
         generated_tokens = 0

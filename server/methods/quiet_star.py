@@ -12,9 +12,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from server.api.errors import APIError
 from server.detokenize import IncrementalText
 from server.engine import Engine
+from server.errors import APIError
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
 from server.methods.streams import merge_streams
 from server.quiet_star.decoder import QuietStarDecoder
