@@ -127,7 +127,7 @@ class Engine:
         """
         if params.n != 1:
             raise ValueError("Engine.generate runs one sequence; fan out n in the method")
-        # Every engine request id starts with its HTTP request's id (docs/architecture.md).
+        # Every engine request id starts with its HTTP request's id (server/tracing.py).
         request_id = request_id or engine_request_id()
         logger.debug("engine request %s: %d prompt tokens", request_id, len(prompt_token_ids))
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)

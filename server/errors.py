@@ -3,7 +3,7 @@
 Why here and not in `server.api`: methods, reward models and Quiet-STaR raise it when a
 request asks for something they cannot do, and they sit below the HTTP layer; the HTTP
 layer (`server.api.errors`) only maps it to a response. Nothing below `server.api` imports
-from `server.api` (tests/unit/test_layering.py checks it).
+from `server.api` (tests/unit/test_api_hardening.py checks it).
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ Routes stay thin: API keys, request ids and the body cap are ASGI middleware
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -18,7 +17,6 @@ from server.api.serving import CompletionService
 from server.errors import APIError
 from server.methods import method_names
 
-logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
