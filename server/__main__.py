@@ -6,20 +6,18 @@ re-imports the main module.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from server.app import create_app
 from server.config import Settings
 from server.exposure import EXIT_INSECURE, insecure_exposure
+from server.logging_setup import configure_logging
 from server.serve import run
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     problem = insecure_exposure(settings)
     if problem is not None:
         print(f"thinkscale: {problem}", file=sys.stderr)

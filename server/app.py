@@ -14,7 +14,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server import metrics
+from server.api.auth import load_api_keys
 from server.api.errors import install_error_handlers
+from server.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from server.api.routes import router
 from server.api.serving import CompletionService
 from server.config import Settings, resolve_hardware_defaults
@@ -55,8 +57,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     lifecycle.in_flight = lambda: app.state.service.admitted if app.state.service else 0
     install_error_handlers(app)
     app.add_middleware(AdmissionGate, lifecycle=lifecycle)
+    install_middleware(app, settings)
     app.include_router(router)
     return app
+
+
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """Outermost first: request id (so even a 401/413 carries it), API key, body cap."""
+    open_paths = {"/health"} if settings.protect_metrics else {"/health", "/metrics"}
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        APIKeyMiddleware, keys=load_api_keys(settings), open_paths=frozenset(open_paths)
+    )
+    app.add_middleware(RequestIdMiddleware)
 
 
 async def _start_engine(app: FastAPI, settings: Settings) -> None:

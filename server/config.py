@@ -44,7 +44,25 @@ class Settings(BaseSettings):
         description="On SIGTERM: how long in-flight requests may run to completion before "
         "they are cut (streams end with an error event and [DONE]).",
     )
+    api_keys: str | None = Field(
+        None, description="More accepted keys, comma-separated (with --api-key, all are valid)."
+    )
+    api_key_file: Path | None = Field(
+        None, description="File of accepted keys, one per line ('#' starts a comment)."
+    )
+    protect_metrics: bool = Field(
+        False, description="Require an API key on /metrics too (default: open, like /health)."
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body; bigger ones get 413."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json': one JSON object per line, with the request id."
+    )
+    log_prompts: bool = Field(
+        False, description="Log each request's prompts (debug aid; off: prompts may be private)."
+    )
 
     # --- model ---------------------------------------------------------------------------
     model: str | None = Field(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from kernels.quiet_star import checkpoint as quiet_star_checkpoint
 from kernels.quiet_star.plugin import register as register_quiet_star_model
 from server.config import Settings
 from server.flops import FlopsModel
+from server.tracing import engine_request_id
 from server.usage import Component, UsageMeter
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,9 @@ class Engine:
         """
         if params.n != 1:
             raise ValueError("Engine.generate runs one sequence; fan out n in the method")
-        request_id = request_id or uuid.uuid4().hex
+        # Every engine request id starts with its HTTP request's id (server/tracing.py).
+        request_id = request_id or engine_request_id()
+        logger.debug("engine request %s: %d prompt tokens", request_id, len(prompt_token_ids))
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
         cached_tokens = 0
         generated_tokens = 0

@@ -25,7 +25,7 @@ def is_loopback(host: str) -> bool:
 
 
 def has_api_key(settings: Any) -> bool:
-    return bool(getattr(settings, "api_key", None) or getattr(settings, "api_keys", None))
+    return any(getattr(settings, name, None) for name in ("api_key", "api_keys", "api_key_file"))
 
 
 def insecure_exposure(settings: Any) -> str | None:

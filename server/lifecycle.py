@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from server.api.errors import APIError
+from server.errors import APIError
 
 logger = logging.getLogger(__name__)
 

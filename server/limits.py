@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from server.api.errors import APIError
 from server.config import Settings
+from server.errors import APIError
 
 if TYPE_CHECKING:
     from server.methods.base import Method, MethodInput

@@ -62,6 +62,7 @@ def run(app: FastAPI, host: str, port: int, log_level: str) -> int:
         host=host,
         port=port,
         log_level=log_level,
+        log_config=None,  # uvicorn's loggers propagate to ours (same format, request ids)
         # By the time uvicorn stops, requests are done or cut: this only bounds the flush.
         timeout_graceful_shutdown=int(CUT_FLUSH_S),
     )

@@ -1,14 +1,17 @@
-"""OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` for every failure.
+"""OpenAI-style error responses: `{"error": {"message", "type", "param", "code"}}`, always.
 
 Why: clients (the openai package, load-test tools) parse this shape; FastAPI's default 422
 body would surface as an unhelpful generic error. Bad input is always a 4xx naming the
-field; only our own bugs may become a 500.
+field; only our own bugs may become a 500. `APIError` itself lives in `server.errors` so that
+code below the HTTP layer can raise it; this module maps it (and every other exception) to
+a response.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,53 +20,36 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm.exceptions import VLLMClientError, VLLMValidationError
 
 from server.api.protocol import ErrorBody, ErrorResponse
+from server.errors import APIError
 
 logger = logging.getLogger(__name__)
 
-
-class APIError(Exception):
-    """An error that should reach the client as-is."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = HTTPStatus.BAD_REQUEST,
-        param: str | None = None,
-        type: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = int(status)
-        self.param = param
-        self.type = type or _default_type(self.status)
-        self.code = code
+# Every 429 tells the client when to come back (seconds); admission frees up quickly.
+RETRY_AFTER_S = "1"
 
 
-def _default_type(status: int) -> str:
-    return {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        404: "not_found_error",
-        429: "rate_limit_exceeded",
-        503: "service_unavailable",
-        504: "timeout",
-    }.get(status, "server_error" if status >= 500 else "invalid_request_error")
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error message may quote client input, and a lone
+    UTF-16 surrogate in it would make Starlette's UTF-8 rendering raise (a 500)."""
 
-
-def error_response(error: APIError) -> JSONResponse:
-    body = ErrorResponse(
-        error=ErrorBody(message=error.message, type=error.type, param=error.param, code=error.code)
-    )
-    return JSONResponse(status_code=error.status, content=body.model_dump())
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def error_payload(error: APIError) -> dict:
-    """The same body, for an error that happens after a stream has started."""
+    """The OpenAI error body of `error` (also sent as an SSE event after a stream started)."""
     return ErrorResponse(
         error=ErrorBody(message=error.message, type=error.type, param=error.param, code=error.code)
     ).model_dump()
+
+
+def error_response(error: APIError) -> JSONResponse:
+    headers = dict(error.headers)
+    if error.status == 429:
+        headers.setdefault("Retry-After", RETRY_AFTER_S)
+    return SafeJSONResponse(
+        status_code=error.status, content=error_payload(error), headers=headers or None
+    )
 
 
 def _field_path(loc: tuple) -> str:
@@ -97,6 +83,20 @@ def validation_error(exc: RequestValidationError) -> APIError:
 _TYPE_NAMES = {"str", "int", "float", "bool", "function-after", "function-plain"}
 
 
+def vllm_error(exc: VLLMClientError | ValueError) -> APIError:
+    """vLLM's own input validation (SamplingParams, the engine's checks) is the client's
+    fault: a 400 naming the parameter, which vLLM gives as `parameter` or, more often, as
+    the first word of its message ("min_tokens must be less than or equal to ...")."""
+    message = str(exc.args[0]) if exc.args else str(exc)
+    param = getattr(exc, "parameter", None) or _leading_identifier(message)
+    return APIError(message, param=param)
+
+
+def _leading_identifier(message: str) -> str | None:
+    head = message.split(" ", 1)[0].strip("'\"`:,")
+    return head if head.isidentifier() else None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -108,15 +108,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(APIError(str(exc.detail), status=exc.status_code))
+        too_large = exc.status_code == 413  # the body cap (server.api.middleware)
+        return error_response(
+            APIError(
+                str(exc.detail),
+                status=exc.status_code,
+                headers=exc.headers,
+                param="body" if too_large else None,
+                code="request_too_large" if too_large else None,
+            )
+        )
 
     @app.exception_handler(VLLMValidationError)
     async def _vllm_validation(_: Request, exc: VLLMValidationError) -> JSONResponse:
-        return error_response(APIError(str(exc), param=exc.parameter))
+        return error_response(vllm_error(exc))
 
     @app.exception_handler(VLLMClientError)
     async def _vllm_client(_: Request, exc: VLLMClientError) -> JSONResponse:
-        return error_response(APIError(str(exc)))
+        return error_response(vllm_error(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

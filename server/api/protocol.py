@@ -25,7 +25,8 @@ class CompletionRequest(BaseModel):
     """Body of POST /v1/completions. Unknown top-level keys are checked against the registered
     method-parameter blocks by the route, so a typo is a 400, not silently ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    # No NaN/Infinity (Python's json accepts them): they pass range checks and reach vLLM.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -99,6 +100,35 @@ class CompletionRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+def find_lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The path (`stop[1]`, `rebase.step_delimiter`) of the first string, or key, in `value`
+    that is not encodable as UTF-8; None if there is none."""
+    if isinstance(value, str):
+        return None if _encodable(value) else (path or "body")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            key_text = str(key)
+            if not _encodable(key_text):
+                return path or "body"
+            found = find_lone_surrogate(item, f"{path}.{key_text}" if path else key_text)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = find_lone_surrogate(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Logprobs(BaseModel):
     """OpenAI completions logprobs: parallel lists, one entry per generated token."""
 
@@ -149,6 +179,31 @@ class CompletionResponse(BaseModel):
     choices: list[CompletionChoice]
     usage: CompletionUsage | None = None
     # Method-specific details (e.g. REBASE tree statistics), keyed by method name.
+    method_details: dict[str, Any] | None = None
+
+
+class CompletionStreamChoice(BaseModel):
+    """One choice's new text in a stream chunk; every field is always sent (null when unset),
+    as vLLM and OpenAI do."""
+
+    index: int
+    text: str
+    logprobs: Logprobs | None = None
+    finish_reason: Literal["stop", "length", "abort"] | None = None
+    stop_reason: int | str | None = None
+
+
+class CompletionStreamResponse(BaseModel):
+    """One SSE event of a streamed completion: deltas of choices, or the final usage chunk
+    (empty `choices`). Serialised with `exclude_unset`, so `usage` appears only on the last."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    method: str
+    choices: list[CompletionStreamChoice]
+    usage: CompletionUsage | None = None
     method_details: dict[str, Any] | None = None
 
 

@@ -1,34 +1,48 @@
-"""The completion request path, top to bottom:
+"""The completion request path, top to bottom, and the one lifecycle every request follows:
 
-route -> validate -> pick method -> method drives the engine -> usage/FLOPs -> metrics -> response.
+route -> `CompletionService.handle`: validate (400/404) -> admit (429) -> tokenize and check
+against the model (400) -> run the method -> JSON body or SSE events -> release + metrics.
 
-`CompletionService.prepare` does everything that can reject a request (so bad input is a 4xx
-before any engine work), `CompletionService.stream` runs the method over every prompt and
-yields OpenAI-shaped pieces, and the route turns those into a JSON body or SSE events.
+`prepare` does everything that can reject a request, cheapest first, so bad input is a 4xx
+before any engine work and an over-capacity request is a 429 before it is even tokenized.
+`handle` owns what both response kinds share: the exception-to-status mapping, the release
+of the admission slot and the metrics, each exactly once (see `_outcome`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request
+from vllm.exceptions import VLLMClientError
 
 from server import metrics
-from server.api.errors import APIError
+from server.api.cancellation import ClientDisconnected, run_unless_disconnected
+from server.api.errors import error_payload, vllm_error
 from server.api.logprobs import LogprobsBuilder
 from server.api.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    CompletionStreamChoice,
+    CompletionStreamResponse,
     CompletionUsage,
     FlopsUsage,
+    find_lone_surrogate,
 )
 from server.config import Settings
 from server.engine import Engine
+from server.errors import APIError
 from server.lifecycle import Lifecycle
 from server.limits import check_request_work
 from server.methods import METHODS, parameter_blocks
@@ -36,10 +50,16 @@ from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput,
 from server.methods.streams import merge_streams
 from server.usage import UsageMeter
 
+logger = logging.getLogger(__name__)
+
+# Prompts longer than this (characters) are tokenized in a worker thread, so a burst of big
+# prompts does not stall the event loop (and /health, /metrics) while the tokenizer runs.
+INLINE_TOKENIZE_CHARS = 2048
+
 
 @dataclass
 class PreparedRequest:
-    """A validated request: the method, its inputs per prompt, and its accounting."""
+    """A validated, admitted request: the method, its inputs per prompt, its accounting."""
 
     request: CompletionRequest
     method: Method
@@ -66,8 +86,114 @@ class CompletionService:
         self.admitted = 0
         self.shared: dict = {}  # see MethodContext.shared
 
+    # ---- the lifecycle ----------------------------------------------------------------
+    async def handle(self, request: CompletionRequest, http: Request) -> Response:
+        """Serve one request, streamed or not; APIErrors raised here become 4xx/5xx JSON."""
+        request_id = f"cmpl-{getattr(http.state, 'request_id', None) or uuid.uuid4().hex}"
+        try:
+            prepared = await self.prepare(request, request_id)
+        except APIError as exc:
+            if exc.status != 429:  # admission already counted it as "rejected"
+                known = request.method in METHODS
+                metrics.record_request_outcome(
+                    request.method if known else "unknown", "client_error"
+                )
+            raise
+        if request.stream:
+            # "\n" line endings: clients that split events on "\n\n" (vllm bench) must not
+            # lose events that arrive together in one read.
+            return EventSourceResponse(self._sse_events(prepared), ping=15, sep="\n")
+        try:
+            async with self._outcome(prepared):
+                response = await run_unless_disconnected(http, self.complete(prepared))
+        except ClientDisconnected:
+            return Response(status_code=499)
+        return JSONResponse(response.model_dump(exclude_none=True))
+
+    @asynccontextmanager
+    async def _outcome(self, prepared: PreparedRequest) -> AsyncIterator[None]:
+        """Map whatever ends a running request to a metrics status and, for the client, an
+        APIError; release the admission slot and record the metrics exactly once."""
+        status = "server_error"
+        try:
+            yield
+            status = "ok"
+        except (ClientDisconnected, asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"  # the client went away; nothing to send
+            raise
+        except TimeoutError:
+            status = "timeout"
+            raise APIError("Request timed out", status=504) from None
+        except APIError as exc:
+            status = "client_error" if exc.status < 500 else "server_error"
+            raise
+        except VLLMClientError as exc:  # vLLM rejected the input after all
+            status = "client_error"
+            raise vllm_error(exc) from None
+        except Exception as exc:
+            logger.exception("request failed")
+            raise APIError(f"Internal server error: {type(exc).__name__}", status=500) from exc
+        finally:
+            self.release(prepared)
+            self.record_metrics(prepared, status)
+
+    async def _sse_events(self, prepared: PreparedRequest) -> AsyncIterator[dict]:
+        """OpenAI streaming: one chunk per delta, an optional usage chunk, then [DONE]; an
+        error after the stream started is one error event before [DONE]."""
+        try:
+            async with self._outcome(prepared):
+                async for chunk in self.stream_chunks(prepared):
+                    yield {"data": chunk.model_dump_json(exclude_unset=True)}
+        except APIError as exc:
+            yield {"data": json.dumps(error_payload(exc))}  # ASCII-escaped: always encodable
+        yield {"data": "[DONE]"}
+
+    async def stream_chunks(
+        self, prepared: PreparedRequest
+    ) -> AsyncIterator[CompletionStreamResponse]:
+        """The typed chunks of a streamed completion."""
+
+        def chunk(**fields) -> CompletionStreamResponse:
+            return CompletionStreamResponse(
+                id=prepared.request_id,
+                object="text_completion",
+                created=prepared.created,
+                model=self.engine.model_name,
+                method=prepared.method.name,
+                **fields,
+            )
+
+        builders: dict[int, LogprobsBuilder] = {}
+        async for delta in self.deltas(prepared):
+            logprobs = None
+            if prepared.request.logprobs is not None:
+                builder = builders.setdefault(delta.index, LogprobsBuilder(self.engine.tokenizer))
+                logprobs = builder.add(delta)
+            choice = CompletionStreamChoice(
+                index=delta.index,
+                text=delta.text,
+                logprobs=logprobs,
+                finish_reason=delta.finish_reason,  # type: ignore[arg-type]
+                stop_reason=delta.stop_reason,
+            )
+            yield chunk(choices=[choice])
+        if prepared.request.include_usage:
+            extra = {"method_details": prepared.details} if prepared.details else {}
+            yield chunk(choices=[], usage=self.usage(prepared), **extra)
+
     # ---- validation -------------------------------------------------------------------
-    def prepare(self, request: CompletionRequest) -> PreparedRequest:
+    async def prepare(self, request: CompletionRequest, request_id: str) -> PreparedRequest:
+        """Every check that can reject a request, cheapest first; returns it admitted.
+
+        Order matters: checks of the body alone, then admission (a 429 must not cost a
+        tokenization), then the checks that need the prompt's tokens and vLLM's own
+        parameter validation, so none of them can fail after a stream has started.
+        """
+        bad = find_lone_surrogate(request.model_dump(exclude_unset=True))
+        if bad is not None:
+            raise APIError(
+                f"'{bad}' contains a lone UTF-16 surrogate; send valid Unicode", param=bad
+            )
         method = self._method(request)
         self._check_model(request)
         s = self.settings
@@ -81,11 +207,23 @@ class CompletionService:
                 f"at most {s.max_prompts_per_request} prompts per request", param="prompt"
             )
         params = self._parameter_blocks(request, method)
-        inputs = [self._method_input(request, method, p, params) for p in prompts]
-        for inp in inputs:
-            method.check(inp, self.engine)
-        check_request_work(method, inputs, s)
-        return PreparedRequest(request, method, inputs, UsageMeter(self.engine.flops))
+        prepared = PreparedRequest(
+            request, method, [], UsageMeter(self.engine.flops), request_id=request_id
+        )
+        self.admit(prepared)
+        try:
+            for prompt in prompts:
+                inp = await self._method_input(request, method, prompt, params)
+                method.check(inp, self.engine)
+                _check_sampling(inp.sampling)
+                prepared.inputs.append(inp)
+            check_request_work(method, prepared.inputs, s)
+        except BaseException:
+            self.release(prepared)
+            raise
+        if s.log_prompts:
+            logger.info("%s prompts: %r", method.name, [inp.prompt_text for inp in prepared.inputs])
+        return prepared
 
     def _method(self, request: CompletionRequest) -> Method:
         cls = METHODS.get(request.method)
@@ -130,7 +268,7 @@ class CompletionService:
                 )
         return parsed
 
-    def _method_input(
+    async def _method_input(
         self,
         request: CompletionRequest,
         method: Method,
@@ -138,13 +276,14 @@ class CompletionService:
         params: dict[str, BaseModel],
     ) -> MethodInput:
         if isinstance(prompt, str):
-            ids = self.engine.encode(prompt)
+            ids = await self._off_loop_if_large(len(prompt), self.engine.encode, prompt)
             text = prompt
         else:
             vocab = self.engine.flops.vocab_size
             if any(t < 0 or t >= vocab for t in prompt):
                 raise APIError(f"prompt token ids must be in [0, {vocab})", param="prompt")
-            ids, text = list(prompt), self.engine.decode(list(prompt))
+            ids = list(prompt)
+            text = await self._off_loop_if_large(len(ids), self.engine.decode, ids)
         if not ids:
             raise APIError("prompt must contain at least one token", param="prompt")
         limit = self.engine.max_model_len
@@ -183,6 +322,14 @@ class CompletionService:
         )
         return MethodInput(ids, text, request.n, sampling, params)
 
+    @staticmethod
+    async def _off_loop_if_large(size: int, fn, arg):
+        """Run the tokenizer inline for small inputs (a thread hop costs more than they do)
+        and in a worker thread for large ones, keeping the event loop free."""
+        if size <= INLINE_TOKENIZE_CHARS:
+            return fn(arg)
+        return await asyncio.to_thread(fn, arg)
+
     # ---- admission --------------------------------------------------------------------
     def admit(self, prepared: PreparedRequest) -> None:
         """Bound the requests in flight; beyond the bound answer 429 instead of queueing."""
@@ -192,6 +339,7 @@ class CompletionService:
                 f"Server is at capacity ({self.settings.max_pending_requests} requests in "
                 "flight); retry later",
                 status=429,
+                code="server_at_capacity",
             )
         self.admitted += 1
         metrics.IN_FLIGHT.labels(method=prepared.method.name).inc()
@@ -319,3 +467,12 @@ class CompletionService:
             metrics.FORWARD_TOKENS_PER_OUTPUT.labels(method).observe(
                 usage.forward_tokens / usage.completion_tokens
             )
+
+
+def _check_sampling(spec: SamplingSpec) -> None:
+    """Run vLLM's own SamplingParams validation now, while a 400 is still possible; the
+    same parameters failing inside the engine would be an error event mid-stream."""
+    try:
+        spec.to_vllm()
+    except (VLLMClientError, ValueError) as exc:  # some of vLLM's checks raise plain ValueErrors
+        raise vllm_error(exc) from None

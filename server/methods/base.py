@@ -61,7 +61,13 @@ class SamplingSpec:
             "ignore_eos": self.ignore_eos,
             "min_tokens": self.min_tokens,
         }
+        capped = "max_tokens" in overrides
         values.update(overrides)
+        # A method that splits the output into several engine calls (REBASE steps, the
+        # rest of a Quiet-STaR step) caps each call's max_tokens; min_tokens, validated
+        # against the request's max_tokens, must not then exceed the call's.
+        if capped:
+            values["min_tokens"] = min(values["min_tokens"], values["max_tokens"])
         return SamplingParams(**values)
 
 

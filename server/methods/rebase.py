@@ -19,8 +19,8 @@ from vllm.sampling_params import RequestOutputKind
 
 from server import metrics
 from server.answers import extract_answer
-from server.api.errors import APIError
 from server.engine import Engine
+from server.errors import APIError
 from server.limits import RequestWork
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
 from server.methods.streams import merge_streams
@@ -32,6 +32,7 @@ from server.rebase.steps import StepFormat
 from server.rebase.tree import Node, root_node
 from server.rewards.base import RewardModel
 from server.rewards.provider import get_reward_model
+from server.tracing import engine_request_id
 
 
 class Rebase(Method):
@@ -39,6 +40,14 @@ class Rebase(Method):
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {"rebase": RebaseParams}
 
     def check(self, inp: MethodInput, engine: Engine) -> None:
+        params: RebaseParams = inp.params["rebase"]  # type: ignore[assignment]
+        if inp.sampling.min_tokens > params.max_step_tokens:
+            raise APIError(
+                f"min_tokens ({inp.sampling.min_tokens}) applies to each step of method "
+                f"'{self.name}' and must be at most rebase.max_step_tokens "
+                f"({params.max_step_tokens})",
+                param="min_tokens",
+            )
         if inp.sampling.logprobs is not None:
             raise APIError(f"logprobs is not supported by method '{self.name}'", param="logprobs")
         if inp.sampling.stop:
@@ -85,7 +94,8 @@ class Rebase(Method):
             logprobs=None,
         )
         final = None
-        async for output in ctx.engine.generate(prompt, params, ctx.meter):
+        request_id = engine_request_id(ctx.request_id)
+        async for output in ctx.engine.generate(prompt, params, ctx.meter, request_id=request_id):
             final = output
         out = final.outputs[0]
         return GeneratedStep(list(out.token_ids), out.text, out.finish_reason, out.stop_reason)

@@ -28,6 +28,7 @@ from server.methods.base import MethodContext, SamplingSpec
 from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
 from server.quiet_star.served_model import DEFAULT_MIXING_WEIGHT, served_model
+from server.tracing import engine_request_id
 
 
 @dataclass
@@ -145,7 +146,9 @@ class QuietStarDecoder:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         final = None
-        async for output in self.ctx.engine.generate(context_ids, params, self.ctx.meter):
+        async for output in self.ctx.engine.generate(
+            context_ids, params, self.ctx.meter, request_id=engine_request_id(self.ctx.request_id)
+        ):
             final = output
         self.engine_calls += 1
         completion = final.outputs[0]
@@ -176,7 +179,9 @@ class QuietStarDecoder:
             output_kind=RequestOutputKind.DELTA,
         )
         self.engine_calls += 1
-        async for output in self.ctx.engine.generate(context_ids, params, self.ctx.meter):
+        async for output in self.ctx.engine.generate(
+            context_ids, params, self.ctx.meter, request_id=engine_request_id(self.ctx.request_id)
+        ):
             completion = output.outputs[0]
             ended = completion.finish_reason == "stop" and not isinstance(
                 completion.stop_reason, str

@@ -41,13 +41,13 @@ import logging
 import math
 import os
 import re
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from server.rewards.base import RewardModel
+from server.tracing import engine_request_id
 
 if TYPE_CHECKING:
     from server.flops import FlopsModel
@@ -376,7 +376,7 @@ class VllmProcessRewardModel(RewardModel):
         )
         final = None
         async for output in self.llm.encode(
-            TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex
+            TokensPrompt(prompt_token_ids=ids), params, engine_request_id()
         ):
             final = output
         if final is None:
