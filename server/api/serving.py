@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -71,6 +71,25 @@ class PreparedRequest:
     first_token_at: float | None = None
     completion_tokens: int = 0  # visible output tokens sent to the client
     details: dict = field(default_factory=dict)
+    finished: bool = False  # slot released and metrics recorded (exactly once)
+
+
+class _ClosingEventSourceResponse(EventSourceResponse):
+    """An SSE response that runs `on_close` however it ends.
+
+    Why: a client that drops a stream before its first event never starts the event
+    generator, so the generator's own cleanup (releasing the admission slot) never runs; and
+    a send to a closed socket can end the response before a background task would."""
+
+    def __init__(self, *args, on_close: Callable[[], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 class CompletionService:
@@ -102,7 +121,12 @@ class CompletionService:
         if request.stream:
             # "\n" line endings: clients that split events on "\n\n" (vllm bench) must not
             # lose events that arrive together in one read.
-            return EventSourceResponse(self._sse_events(prepared), ping=15, sep="\n")
+            return _ClosingEventSourceResponse(
+                self._sse_events(prepared),
+                ping=15,
+                sep="\n",
+                on_close=lambda: self._finish(prepared, "cancelled"),
+            )
         try:
             async with self._outcome(prepared):
                 response = await run_unless_disconnected(http, self.complete(prepared))
@@ -134,8 +158,7 @@ class CompletionService:
             logger.exception("request failed")
             raise APIError(f"Internal server error: {type(exc).__name__}", status=500) from exc
         finally:
-            self.release(prepared)
-            self.record_metrics(prepared, status)
+            self._finish(prepared, status)
 
     async def _sse_events(self, prepared: PreparedRequest) -> AsyncIterator[dict]:
         """OpenAI streaming: one chunk per delta, an optional usage chunk, then [DONE]; an
@@ -343,6 +366,15 @@ class CompletionService:
             )
         self.admitted += 1
         metrics.IN_FLIGHT.labels(method=prepared.method.name).inc()
+
+    def _finish(self, prepared: PreparedRequest, status: str) -> None:
+        """Release the slot and record the outcome, once: whichever of the request's own
+        cleanup and the response's close comes first decides the status."""
+        if prepared.finished:
+            return
+        prepared.finished = True
+        self.release(prepared)
+        self.record_metrics(prepared, status)
 
     def release(self, prepared: PreparedRequest) -> None:
         self.admitted -= 1
