@@ -48,6 +48,8 @@ def check_quiet_star_input(inp: MethodInput, engine: Engine, method: str) -> Non
     model = served_model(engine)
     thought = params.thought_tokens
     thought = model.default_thought_tokens if thought is None else thought
+    # Resolved once, here: the work cap (Method.work) and the decoder read the same length.
+    inp.params["quiet_star"] = params.model_copy(update={"thought_tokens": thought})
     steps = len(start) + thought + len(end) + 1
     bos = 1 if model.bos_token_id is not None and inp.prompt_token_ids[:1] != [
         model.bos_token_id

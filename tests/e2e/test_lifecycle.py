@@ -95,8 +95,9 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(own_gateway) -> 
                 client.completions.create,
                 model="tiny",
                 prompt=PROMPT,
-                max_tokens=LONG["max_tokens"],
+                max_tokens=1000,
                 temperature=0.8,
+                n=16,  # long enough to still run when the last request is admitted
                 extra_body={"ignore_eos": True},
             ),
             "quiet_star": pool.submit(
@@ -125,9 +126,16 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(own_gateway) -> 
                 gw,
                 {
                     "prompt": PROMPT,
-                    "max_tokens": 64,
+                    "max_tokens": 640,
+                    "ignore_eos": True,
                     "method": "rebase",
-                    "rebase": {"width": 4, "max_depth": 4, "max_step_tokens": 16},
+                    # A delimiter the model never writes: 40 levels of 16-token steps.
+                    "rebase": {
+                        "width": 8,
+                        "max_depth": 40,
+                        "max_step_tokens": 16,
+                        "step_delimiter": "\n\n\n\n",
+                    },
                 },
             ),
         }
@@ -142,8 +150,8 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(own_gateway) -> 
         assert (health.status_code, health.json()["status"]) == (503, "draining")
 
         baseline = futures["baseline"].result(timeout=600)
-        assert baseline.choices[0].finish_reason == "length"
-        assert baseline.usage.completion_tokens == LONG["max_tokens"]
+        assert [c.finish_reason for c in baseline.choices] == ["length"] * 16
+        assert baseline.usage.completion_tokens == 16 * 1000
         quiet = futures["quiet_star"].result(timeout=600)
         assert quiet.usage.completion_tokens == 200
         for name in ("stream_quiet_star", "stream_rebase"):
