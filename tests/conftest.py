@@ -7,6 +7,7 @@ end-to-end test talks to the same process over real HTTP, as a client would.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,16 @@ from loadtest.harness import servers
 from loadtest.harness.servers import REPO, EngineSettings, ServerProcess, free_port
 from tests.tiny_model import build_tiny_llama
 
-__all__ = ["REPO", "Gateway", "free_port", "start_gateway", "stop_gateway"]
+__all__ = [
+    "REPO",
+    "Gateway",
+    "free_port",
+    "http_client",
+    "running_gateway",
+    "scrape_metrics",
+    "start_gateway",
+    "stop_gateway",
+]
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +58,32 @@ def start_gateway(
 
 def stop_gateway(gateway: Gateway) -> None:
     gateway.stop()
+
+
+@contextmanager
+def running_gateway(model_dir: Path, log_path: Path, *extra_args: str) -> Iterator[Gateway]:
+    """A gateway of a test module's own (other flags than the session one), always stopped."""
+    gw = start_gateway(model_dir, log_path, *extra_args)
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw)
+
+
+@contextmanager
+def http_client(gw: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw.url, timeout=300) as c:
+        yield c
+
+
+def scrape_metrics(http: httpx.Client) -> dict[str, float]:
+    """Every sample of the gateway's /metrics, keyed by name and labels as exported."""
+    samples: dict[str, float] = {}
+    for line in http.get("/metrics").text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
 
 
 @pytest.fixture(scope="session")

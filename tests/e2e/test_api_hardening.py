@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Gateway, start_gateway, stop_gateway
+from tests.conftest import Gateway, http_client, running_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -132,7 +132,7 @@ def secured(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     folder = tmp_path_factory.mktemp("secured")
     key_file = folder / "keys.txt"
     key_file.write_text(f"# one key a line\n{FILE_KEY}\n")
-    gw = start_gateway(
+    with running_gateway(
         tiny_model_dir,
         folder / "gateway.log",
         "--api-keys", ",".join(KEYS),
@@ -140,14 +140,13 @@ def secured(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "--max-pending-requests", "1",
         "--log-format", "json",
         "--log-level", "debug",
-    )  # fmt: skip
-    yield gw
-    stop_gateway(gw)
+    ) as gw:  # fmt: skip
+        yield gw
 
 
 @pytest.fixture(scope="module")
 def shttp(secured: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=secured.url, timeout=300) as c:
+    with http_client(secured) as c:
         yield c
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from tests.conftest import Gateway, start_gateway, stop_gateway
+from tests.conftest import Gateway, http_client, running_gateway
 from tests.quiet_star_checkpoint import START, build_quiet_star_checkpoint
 from tests.quiet_star_reference import ReferenceQuietStar
 
@@ -26,16 +26,15 @@ def checkpoint_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
     model_dir = build_quiet_star_checkpoint(tmp_path_factory.mktemp("quiet-star-ckpt"))
     log_path = tmp_path_factory.mktemp("qs-gateway") / "gateway.log"
     # processed logprobs: the talk token's distribution as sampled (after the processor)
-    gw = start_gateway(
+    with running_gateway(
         model_dir, log_path, "--logprobs-mode", "processed_logprobs", "--max-logprobs", "100"
-    )
-    yield gw
-    stop_gateway(gw)
+    ) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")
 def qs(checkpoint_gateway: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=checkpoint_gateway.url, timeout=300) as c:
+    with http_client(checkpoint_gateway) as c:
         yield c
 
 

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from tests.conftest import scrape_metrics
+
 pytestmark = pytest.mark.e2e
 
 QUESTION = "Q: Natalia sold 48 clips in April and half as many in May. How many in total?\nA:"
@@ -20,15 +22,6 @@ def rebase_body(**overrides) -> dict:
     body = {"prompt": QUESTION, "max_tokens": 48, "method": "rebase", "rebase": SMALL_TREE}
     body.update(overrides)
     return body
-
-
-def scrape(http: httpx.Client) -> dict[str, float]:
-    samples = {}
-    for line in http.get("/metrics").text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 def engine_requests(samples: dict[str, float]) -> float:
@@ -88,7 +81,7 @@ def test_rebase_streams_answer_then_usage(http) -> None:
 
 
 def test_disconnected_client_leaves_no_engine_work(gateway, http) -> None:
-    before = scrape(http)
+    before = scrape_metrics(http)
     big = rebase_body(
         max_tokens=600,
         # ~1000 engine calls: far longer than the client waits.
@@ -98,7 +91,7 @@ def test_disconnected_client_leaves_no_engine_work(gateway, http) -> None:
         httpx.post(f"{gateway.url}/v1/completions", json=big, timeout=1.5)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        after = scrape(http)
+        after = scrape_metrics(http)
         cancelled = after['thinkscale_requests_total{method="rebase",status="cancelled"}']
         if cancelled > before['thinkscale_requests_total{method="rebase",status="cancelled"}']:
             break
@@ -107,9 +100,9 @@ def test_disconnected_client_leaves_no_engine_work(gateway, http) -> None:
         pytest.fail("the gateway never noticed the disconnect")
     # vLLM's gauges are refreshed on its next stats interval: wait for them to settle.
     deadline = time.monotonic() + 30
-    while engine_requests(scrape(http)) > 0 and time.monotonic() < deadline:
+    while engine_requests(scrape_metrics(http)) > 0 and time.monotonic() < deadline:
         time.sleep(0.5)
-    samples = scrape(http)
+    samples = scrape_metrics(http)
     assert engine_requests(samples) == 0
     assert samples['thinkscale_requests_in_flight{method="rebase"}'] == 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Gateway, start_gateway, stop_gateway
+from tests.conftest import Gateway, http_client, running_gateway
 from tests.e2e.test_rebase import QUESTION, SMALL_TREE, engine_requests, rebase_body, scrape
 
 pytestmark = pytest.mark.e2e
@@ -34,19 +34,18 @@ JOBS_IN_FLIGHT = "thinkscale_rebase_jobs_in_flight"
 @pytest.fixture(scope="module")
 def small_cap(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     log_path = tmp_path_factory.mktemp("gateway-small-cap") / "gateway.log"
-    gateway = start_gateway(
+    with running_gateway(
         tiny_model_dir,
         log_path,
         "--rebase-max-in-flight", str(CAP),
         "--request-timeout-s", "90",
-    )  # fmt: skip
-    yield gateway
-    stop_gateway(gateway)
+    ) as gateway:  # fmt: skip
+        yield gateway
 
 
 @pytest.fixture(scope="module")
 def http(small_cap: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=small_cap.url, timeout=300) as client:
+    with http_client(small_cap) as client:
         yield client
 
 

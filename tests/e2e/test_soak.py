@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from tests.conftest import scrape_metrics
+
 pytestmark = pytest.mark.e2e
 
 PROMPT = "Q: Natalia sold 48 clips in April and half as many in May. How many in total?\nA:"
@@ -88,15 +90,6 @@ def one_request(base_url: str, i: int) -> Outcome:
     return out
 
 
-def scrape(http: httpx.Client) -> dict[str, float]:
-    samples: dict[str, float] = {}
-    for line in http.get("/metrics").text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def leftovers(samples: dict[str, float]) -> dict[str, float]:
     """Everything that must be back at zero once no request is running."""
     watched = (
@@ -122,6 +115,6 @@ def test_mixed_soak_with_dropped_clients_leaves_nothing_behind(gateway, http) ->
     assert any(o.stream for o in kept) and any(o.stream for o in outcomes if o.dropped)
 
     deadline = time.monotonic() + 60  # aborts and cleanups land within a few engine steps
-    while (left := leftovers(scrape(http))) and time.monotonic() < deadline:
+    while (left := leftovers(scrape_metrics(http))) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, left
