@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Gateway, http_client, running_gateway
-from tests.e2e.test_rebase import QUESTION, SMALL_TREE, engine_requests, rebase_body, scrape
+from tests.conftest import Gateway, http_client, running_gateway, scrape_metrics
+from tests.e2e.test_rebase import QUESTION, SMALL_TREE, engine_requests, rebase_body
 
 pytestmark = pytest.mark.e2e
 
@@ -64,15 +64,15 @@ def _abandon(url: str, seed: int) -> None:
 
 def _wait_for(http: httpx.Client, done, timeout: float = 60) -> dict[str, float]:
     deadline = time.monotonic() + timeout
-    samples = scrape(http)
+    samples = scrape_metrics(http)
     while not done(samples) and time.monotonic() < deadline:
         time.sleep(0.5)
-        samples = scrape(http)
+        samples = scrape_metrics(http)
     return samples
 
 
 def test_cancelled_wide_trees_give_back_every_slot(small_cap: Gateway, http) -> None:
-    before = scrape(http)
+    before = scrape_metrics(http)
     assert before[JOBS_IN_FLIGHT] == 0
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda seed: _abandon(small_cap.url, seed), range(4)))
