@@ -179,7 +179,11 @@ def test_every_configured_key_works_in_any_scheme_case(shttp: httpx.Client, head
 def test_over_capacity_is_429_with_retry_after_before_tokenizing(
     shttp: httpx.Client, secured: Gateway
 ) -> None:
-    long_run = {"prompt": PROMPT, "max_tokens": 500, "ignore_eos": True, "stream": True}
+    # Quiet-STaR thinks 8 tokens before each of 200: still running when the next one arrives.
+    long_run = {
+        "prompt": PROMPT, "max_tokens": 200, "ignore_eos": True, "stream": True,
+        "method": "quiet_star", "quiet_star": {"thought_tokens": 8},
+    }  # fmt: skip
     # Too long for the 1024-token context: a 400 if it were tokenized before admission.
     too_long = {"prompt": "hello " * 3000, "max_tokens": 2}
     with shttp.stream("POST", "/v1/completions", json=long_run, headers=_auth()) as stream:
