@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 HUB_ID = "openai/gsm8k"
 HUB_CONFIG = "main"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The shared checkout next to the repository holds the original GSM8K files (MIT licensed).
-DEFAULT_LOCAL = REPO_ROOT.parent / "shared" / "data" / "gsm8k"
+# A local folder of the original GSM8K files (MIT licensed) for offline machines; unset = hub.
+LOCAL_ENV = "THINKSCALE_GSM8K_DIR"
 _HASH_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 
 
@@ -45,8 +45,8 @@ class Problem:
 
 
 def default_source() -> str:
-    """`../shared/data/gsm8k` next to the repository when present, else the hub id."""
-    return str(DEFAULT_LOCAL) if DEFAULT_LOCAL.is_dir() else HUB_ID
+    """The folder `$THINKSCALE_GSM8K_DIR` names (offline machines), else the hub id."""
+    return os.environ.get(LOCAL_ENV) or HUB_ID
 
 
 def reference_answer(answer: str) -> str:
@@ -113,7 +113,7 @@ def load_split(source: str, split: str) -> Dataset:
         raise DataError(
             f"cannot reach the Hugging Face hub for {source!r} ({why}). "
             "Pass --data PATH to local GSM8K JSONL files (original format: "
-            '{"question": ..., "answer": "... #### N"}), e.g. --data ../shared/data/gsm8k'
+            '{"question": ..., "answer": "... #### N"}), e.g. --data path/to/gsm8k'
         )
     from datasets import load_dataset
 

@@ -1,5 +1,5 @@
 """GSM8K loading through `datasets` from the shipped fixture (8 test problems, MIT licensed,
-see tests/fixtures/GSM8K_LICENSE); no network and no ../shared needed."""
+see tests/fixtures/GSM8K_LICENSE); no network and no data outside the repository needed."""
 
 from __future__ import annotations
 
