@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 HUB_ID = "openai/gsm8k"
 HUB_CONFIG = "main"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # A local folder of the original GSM8K files (MIT licensed) for offline machines; unset = hub.
 LOCAL_ENV = "THINKSCALE_GSM8K_DIR"
 _HASH_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
