@@ -24,8 +24,15 @@ pytestmark = pytest.mark.e2e
 
 PROMPT = "Q: What is 2 + 3?\nA:"
 LONG = {"max_tokens": 600, "ignore_eos": True, "temperature": 0.8}
-# Quiet-STaR thinks 8 tokens before every output token: a request that stays in flight.
-SLOW = {**LONG, "method": "quiet_star", "quiet_star": {"thought_tokens": 8}}
+# Quiet-STaR thinks 32 tokens before each of 900 output tokens: a request that stays in flight
+# for minutes even on a quiet machine.
+SLOW = {
+    "max_tokens": 900,
+    "ignore_eos": True,
+    "temperature": 0.8,
+    "method": "quiet_star",
+    "quiet_star": {"thought_tokens": 32},
+}
 
 
 @pytest.fixture
@@ -52,9 +59,16 @@ def in_flight(gw: Gateway) -> float:
     )
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, futures: tuple = ()
+) -> None:
+    """Poll ``condition``; fail at once (with the reason) if a request meant to still be
+    running has already ended, instead of timing out blind."""
     deadline = time.monotonic() + timeout
     while not condition():
+        for future in futures:
+            if future.done():
+                raise AssertionError(f"a request ended before {what}: {future.result()!r}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
@@ -117,6 +131,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(own_gateway) -> 
                 {
                     **SLOW,
                     "max_tokens": 200,
+                    "quiet_star": {"thought_tokens": 8},
                     "prompt": PROMPT,
                     "stream_options": {"include_usage": True},
                 },
@@ -169,7 +184,7 @@ def test_grace_period_end_cuts_requests_with_a_503_and_done(own_gateway) -> None
     with ThreadPoolExecutor(2) as pool:
         stream = pool.submit(sse_events, gw, {**SLOW, "prompt": PROMPT})
         plain = pool.submit(post, gw, {**SLOW, "prompt": PROMPT})
-        wait_until(lambda: in_flight(gw) >= 2, 120, "2 requests in flight")
+        wait_until(lambda: in_flight(gw) >= 2, 120, "2 requests in flight", (stream, plain))
         gw.process.send_signal(signal.SIGTERM)
 
         response = plain.result(timeout=120)
@@ -186,7 +201,7 @@ def test_dead_engine_core_fails_requests_fast_and_exits_non_zero(own_gateway) ->
     with ThreadPoolExecutor(2) as pool:
         stream = pool.submit(sse_events, gw, {**SLOW, "prompt": PROMPT})
         plain = pool.submit(post, gw, {**SLOW, "prompt": PROMPT})
-        wait_until(lambda: in_flight(gw) >= 2, 120, "2 requests in flight")
+        wait_until(lambda: in_flight(gw) >= 2, 120, "2 requests in flight", (stream, plain))
 
         engine_cores = psutil.Process(gw.process.pid).children(recursive=True)
         assert engine_cores, "the engine core runs in a child process"
