@@ -362,8 +362,7 @@ class CompletionService:
         if self.admitted >= capacity:
             metrics.record_request_outcome(prepared.method.name, "rejected")
             raise APIError(
-                f"Server is at capacity ({capacity} requests in "
-                "flight); retry later",
+                f"Server is at capacity ({capacity} requests in flight); retry later",
                 status=429,
                 code="server_at_capacity",
             )
