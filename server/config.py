@@ -118,9 +118,9 @@ class Settings(BaseSettings):
         "(max_pending_requests, rebase_max_in_flight) are per replica and scale with it.",
     )
     engine_routing_header: str = Field(
-        "x-smg-routing-key",
+        "x-session-id",
         description="Header carrying the routing key (one per tree or sequence) that the "
-        "router hashes to pick a replica.",
+        "router hashes to pick a replica (vllm-router's consistent_hash reads x-session-id).",
     )
     engine_api_key: str | None = Field(None, description="Bearer key the replicas/router need.")
     engine_retries: int = Field(

@@ -170,7 +170,7 @@ def test_output_kinds_and_cache_aware_charge(kind, expected) -> None:
     assert outs[-1].num_cached_tokens == 4
     policy = meter.component("policy")
     assert (policy.engine_calls, policy.cached_tokens, policy.generated_tokens) == (1, 4, 3)
-    assert seen[0].headers["x-smg-routing-key"] == "tree-1"
+    assert seen[0].headers["x-session-id"] == "tree-1"
 
 
 def test_a_failed_replica_is_retried_whole_and_charged_once() -> None:
