@@ -278,7 +278,8 @@ def router_command(port: int, worker_urls: list[str], *extra_args: str) -> list[
         "--worker-urls", *worker_urls,
         "--policy", "consistent_hash",
         "--health-check-interval-secs", "1",
-        "--health-failure-threshold", "1",
+        "--health-check-timeout-secs", "5",  # a busy CPU replica still answers, slowly
+        "--health-failure-threshold", "2",
         "--health-success-threshold", "1",
         "--cb-timeout-duration-secs", "5",
         "--log-level", "warning",
