@@ -5,6 +5,7 @@ routes, in seconds and without an engine (tests/e2e/test_router_contract.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
@@ -49,6 +50,22 @@ def build(port: int, log: str) -> FastAPI:
             yield f"data: {json.dumps({'choices': [], 'usage': usage, 'worker': port})}\n\n"
             yield "data: [DONE]\n\n"
 
+        async def slow_events():
+            """A long stream (max_tokens >= 1000) that records whether it was cut off."""
+            finished = False
+            try:
+                for _ in range(200):
+                    choice = {"index": 0, "text": "x", "token_ids": [10], "finish_reason": None}
+                    yield f"data: {json.dumps({'choices': [choice], 'worker': port})}\n\n"
+                    await asyncio.sleep(0.05)
+                finished = True
+            finally:
+                with open(log, "a") as f:
+                    f.write(json.dumps({"stream_end": "finished" if finished else "aborted"}))
+                    f.write("\n")
+
+        if body.get("max_tokens", 0) >= 1000:
+            return StreamingResponse(slow_events(), media_type="text/event-stream")
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return app

@@ -78,6 +78,15 @@ def _body() -> dict:
     return completion_body("tiny", [1, 2, 3], params)
 
 
+def _records(workers: list[ServerProcess]) -> list[dict]:
+    return [
+        json.loads(line)
+        for w in workers
+        if w.log_path.exists()
+        for line in w.log_path.read_text().splitlines()
+    ]
+
+
 def _served_by(chunks: list[dict]) -> int:
     return chunks[0]["worker"]
 
@@ -86,15 +95,30 @@ def test_the_router_passes_our_calls_and_usage_through(setup) -> None:
     workers, router = setup
     body = _body()
     chunks = _post(router, body, "passthrough")
-    arrived = [
-        json.loads(line)["body"]
-        for w in workers
-        if w.log_path.exists()
-        for line in w.log_path.read_text().splitlines()
-    ][-1]
+    arrived = [r["body"] for r in _records(workers) if "body" in r][-1]
     assert {k: v for k, v in body.items() if arrived.get(k) != v} == {}
     assert [c["choices"][0]["token_ids"] for c in chunks if c["choices"]] == [[10], [11], [12]]
     assert chunks[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 2}
+
+
+def test_a_client_that_goes_away_aborts_the_replica_stream(setup) -> None:
+    """The remote engine aborts a call by closing its stream; the router must pass that on."""
+    workers, router = setup
+    body = {**_body(), "max_tokens": 1000}
+    with httpx.stream(
+        "POST", f"{router.url}/v1/completions", json=body,
+        headers={ROUTING_HEADER: "abort"}, timeout=30,
+    ) as response:  # fmt: skip
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+    deadline = time.monotonic() + 10  # the full stream would take 10 s
+    while time.monotonic() < deadline:
+        ends = [r["stream_end"] for r in _records(workers) if "stream_end" in r]
+        if ends:
+            assert ends == ["aborted"]
+            return
+        time.sleep(0.2)
+    pytest.fail("the replica's stream was never closed")
 
 
 def test_one_key_one_replica_and_keys_spread(setup) -> None:
