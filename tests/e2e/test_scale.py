@@ -177,7 +177,9 @@ def test_the_same_key_lands_on_the_same_replica_from_either_gateway(cluster: Clu
 def test_child_expansions_hit_the_prefix_cache_as_in_process(cluster: Cluster, gateway) -> None:
     """A tree's children share their parent's prefix: cached prompt tokens, counted from the
     replicas' usage, are comparable to the in-process engine's for a fresh prompt."""
-    body = _body("rebase", temperature=1.0, seed=4, prompt=PROMPT + " Fresh prompt, long enough.")
+    # Longer than two KV blocks (32 tokens on CPU): only whole blocks are cached.
+    fresh = "A fresh prompt for the cache check. " + " ".join([PROMPT] * 6)
+    body = _body("rebase", temperature=1.0, seed=4, prompt=fresh)
     local = _post(gateway.url, body).json()["usage"]
     hits_before = sum(cluster.counts(HITS))
     remote = _post(cluster.gateways[0].url, body, "cache-check").json()["usage"]
