@@ -227,3 +227,21 @@ def test_a_client_error_is_not_retried_and_keeps_its_status() -> None:
     with pytest.raises(APIError) as err:
         asyncio.run(_collect(_engine(handler), RequestOutputKind.DELTA, UsageMeter(FLOPS)))
     assert calls["n"] == 1 and err.value.status == 400 and err.value.param == "max_tokens"
+
+
+def test_the_engine_url_selects_the_remote_engine(monkeypatch) -> None:
+    """`--engine-url` starts the remote engine; without it the in-process one starts."""
+    from server import engine as in_process
+    from server import engines
+    from server.engines import remote
+
+    started = []
+    monkeypatch.setattr(
+        remote.RemoteEngine, "start", classmethod(lambda c, s: started.append("remote"))
+    )
+    monkeypatch.setattr(
+        in_process.Engine, "start", classmethod(lambda c, s: started.append("local"))
+    )
+    engines.start_policy_engine(Settings(engine_url="http://router:8000"))
+    engines.start_policy_engine(Settings())
+    assert started == ["remote", "local"]
