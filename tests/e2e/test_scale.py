@@ -83,7 +83,9 @@ def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             )  # fmt: skip
             started.append(gw)
             gateways.append(gw)
-        yield Cluster(engine, replicas, router, gateways, log_dir)
+        cluster = Cluster(engine, list(replicas), router, gateways, log_dir)
+        yield cluster
+        started += cluster.replicas  # a replica the failover test restarted
     finally:
         for server in reversed(started):
             server.stop()
