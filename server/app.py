@@ -20,7 +20,7 @@ from server.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, Req
 from server.api.routes import router
 from server.api.serving import CompletionService
 from server.config import Settings, resolve_hardware_defaults
-from server.engine import Engine
+from server.engines import start_policy_engine
 from server.health import engines_of
 from server.lifecycle import AdmissionGate, Lifecycle
 from server.methods import method_names
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(starter, return_exceptions=True)
             service: CompletionService | None = getattr(app.state, "service", None)
             if service is not None:
-                prm = service.shared.get("vllm_prm")
+                prm = service.resources.vllm_prm
                 if prm is not None:
                     prm.shutdown()
                 service.engine.shutdown()
@@ -75,7 +75,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
 async def _start_engine(app: FastAPI, settings: Settings) -> None:
     lifecycle: Lifecycle = app.state.lifecycle
     try:
-        engine = await asyncio.to_thread(Engine.start, settings)
+        engine = await asyncio.to_thread(start_policy_engine, settings)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -96,7 +96,7 @@ async def _start_engine(app: FastAPI, settings: Settings) -> None:
             engine.shutdown()
             lifecycle.fail("the PRM engine failed to start")
             return
-        service.shared["vllm_prm"] = prm
+        service.resources.vllm_prm = prm
     app.state.service = service
     # A dead engine core (OOM-killed, crashed) must end the process so it gets restarted.
     lifecycle.watch(engines_of(service))

@@ -105,6 +105,36 @@ class Settings(BaseSettings):
     )
     seed: int = 0
 
+    # --- remote engine (docs/scaling.md) ------------------------------------------------
+    engine_url: str | None = Field(
+        None,
+        description="Base URL of a router in front of `vllm serve` replicas (or of one "
+        "replica); unset = the in-process engine.",
+    )
+    engine_replicas: int = Field(
+        1,
+        ge=1,
+        description="Replicas behind --engine-url: the in-flight bounds "
+        "(max_pending_requests, rebase_max_in_flight) are per replica and scale with it.",
+    )
+    engine_routing_header: str = Field(
+        "x-session-id",
+        description="Header carrying the routing key (one per tree or sequence) that the "
+        "router hashes to pick a replica (vllm-router's consistent_hash reads x-session-id).",
+    )
+    engine_api_key: str | None = Field(None, description="Bearer key the replicas/router need.")
+    engine_retries: int = Field(
+        3, ge=0, description="Times an engine call is sent again after its replica failed."
+    )
+    engine_retry_backoff_s: float = Field(0.5, ge=0, description="Backoff step between tries.")
+    engine_connect_timeout_s: float = Field(5.0, gt=0)
+    engine_read_timeout_s: float = Field(
+        300.0, gt=0, description="Longest silence of a replica's stream before it counts as dead."
+    )
+    engine_start_timeout_s: float = Field(
+        600.0, gt=0, description="How long to wait for the router to list a model at start."
+    )
+
     # --- methods -----------------------------------------------------------------------
     reward_model: Literal["arithmetic", "policy_judge", "vllm_prm"] = Field(
         "arithmetic", description="Default process reward model of REBASE."

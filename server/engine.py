@@ -95,7 +95,8 @@ def served_name(settings: Settings, model_path: str) -> str:
 
 @dataclass
 class Engine:
-    """A started policy engine and what methods need to know about its model."""
+    """The in-process policy engine (the default implementation of
+    `server.engines.base.PolicyEngine`; the remote one is server/engines/remote.py)."""
 
     llm: AsyncLLM
     model_name: str
@@ -128,6 +129,25 @@ class Engine:
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id
 
+    @property
+    def hf_config(self):
+        return self.llm.model_config.hf_config
+
+    @property
+    def max_logprobs(self) -> int:
+        return int(self.llm.model_config.max_logprobs)
+
+    @property
+    def logprobs_mode(self) -> str:
+        return str(self.llm.model_config.logprobs_mode)
+
+    @property
+    def errored(self) -> bool:
+        return bool(self.llm.errored)
+
+    async def check_health(self) -> None:
+        await self.llm.check_health()
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
@@ -142,6 +162,7 @@ class Engine:
         *,
         component: Component = "policy",
         request_id: str | None = None,
+        routing_key: str | None = None,  # one engine: nothing to route
     ) -> AsyncIterator[RequestOutput]:
         """Stream the outputs of one single-sequence engine request, then charge its cost.
 

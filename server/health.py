@@ -13,9 +13,10 @@ from server.lifecycle import Lifecycle
 
 
 def engines_of(service: Any) -> dict[str, Any]:
-    """The vLLM engines a completion service depends on, by name (policy, and PRM if any)."""
-    engines = {"policy": service.engine.llm}
-    prm = service.shared.get("vllm_prm")
+    """The engines a completion service depends on, by name (policy, and PRM if any); each
+    has `check_health()` and `errored` (the policy engine: in-process or remote replicas)."""
+    engines = {"policy": service.engine}
+    prm = service.resources.vllm_prm
     if prm is not None:
         engines["prm"] = prm.llm
     return engines

@@ -6,6 +6,7 @@ both sides import this one module so the keys cannot drift apart.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 EXTRA_ARGS_KEY = "quiet_star"
@@ -63,11 +64,19 @@ class QuietStarSpec:
             data[name] = list(data[name])
         return {EXTRA_ARGS_KEY: data}
 
+    def to_vllm_xargs(self) -> dict[str, str]:
+        """The same arguments for a remote `vllm serve` replica: its OpenAI API's `vllm_xargs`
+        takes flat values only, so the spec travels JSON-encoded under the same key and
+        `from_extra_args` decodes it (docs/scaling.md)."""
+        return {EXTRA_ARGS_KEY: json.dumps(self.to_extra_args()[EXTRA_ARGS_KEY])}
+
     @classmethod
     def from_extra_args(cls, extra_args: dict | None) -> QuietStarSpec | None:
         if not extra_args or EXTRA_ARGS_KEY not in extra_args:
             return None
-        data = dict(extra_args[EXTRA_ARGS_KEY])
+        raw = extra_args[EXTRA_ARGS_KEY]
+        # In-process engine: a dict; through `vllm serve`'s `vllm_xargs`: a JSON string.
+        data = dict(json.loads(raw) if isinstance(raw, str) else raw)
         for name in _ID_TUPLES:
             data[name] = tuple(data.get(name, ()))
         spec = cls(**data)

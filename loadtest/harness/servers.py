@@ -251,3 +251,74 @@ def metric_total(samples: dict[str, float], name: str, label: str | None = None)
         for k, v in samples.items()
         if (k == name or k.startswith(name + "{")) and (label is None or label in k)
     )
+
+
+# ---- scale-out: `vllm serve` replicas that load our extensions, behind a router ------------------
+
+# What a replica needs to serve every method (docs/scaling.md): our logits processor (the
+# `kernels` package importable: installed, or the repository as working directory), cached
+# prompt tokens in usage (cache-aware FLOPs), the gateway's logprobs mode.
+REPLICA_FLAGS = (
+    "--logits-processors", "kernels.quiet_star.processor:QuietStarLogitsProcessor",
+    "--enable-prompt-tokens-details",
+    "--logprobs-mode", "raw_logprobs",
+)  # fmt: skip
+
+# The pinned router (pyproject.toml, `scale` extra; docs/scaling.md says why vllm-router) and
+# how the gateway keys it: consistent hashing on a header, health checks every second, a broken
+# replica's circuit re-tried after 5 s so a restarted replica rejoins quickly.
+ROUTING_HEADER = "x-session-id"
+
+
+def router_command(port: int, worker_urls: list[str], *extra_args: str) -> list[str]:
+    """vllm-router in front of the replicas: `consistent_hash` on :data:`ROUTING_HEADER`."""
+    return [
+        str(Path(sys.executable).with_name("vllm-router")),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--worker-urls", *worker_urls,
+        "--policy", "consistent_hash",
+        "--health-check-interval-secs", "1",
+        "--health-check-timeout-secs", "5",  # a busy CPU replica still answers, slowly
+        "--health-failure-threshold", "2",
+        "--health-success-threshold", "1",
+        "--cb-timeout-duration-secs", "5",
+        "--log-level", "warning",
+        # loopback only, and a port of its own (two routers must not collide)
+        "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
+        *extra_args,
+    ]  # fmt: skip
+
+
+def start_replica(
+    engine: EngineSettings, log_path: Path, *extra_args: str, port: int | None = None
+) -> ServerProcess:
+    """One `vllm serve` replica with our extensions (:data:`REPLICA_FLAGS`)."""
+    return start_vllm_serve(engine, log_path, *REPLICA_FLAGS, *extra_args, port=port)
+
+
+def start_router(
+    worker_urls: list[str], log_path: Path, *extra_args: str, port: int | None = None
+) -> ServerProcess:
+    """The router, healthy once it answers `/v1/models` (a replica is registered)."""
+    port = port or free_port()
+    command = router_command(port, worker_urls, *extra_args)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = ServerProcess("router", f"http://127.0.0.1:{port}", process, log_path, command)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"router exited early:\n{log_path.read_text()[-4000:]}")
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                response = httpx.get(f"{server.url}/v1/models", timeout=2)
+                if response.status_code == 200 and response.json().get("data"):
+                    return server
+            time.sleep(0.5)
+        raise RuntimeError(f"router not ready in 120s:\n{log_path.read_text()[-4000:]}")
+    except BaseException:
+        server.stop()
+        raise

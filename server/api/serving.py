@@ -41,13 +41,14 @@ from server.api.protocol import (
     find_lone_surrogate,
 )
 from server.config import Settings
-from server.engine import Engine
+from server.engines.base import PolicyEngine
 from server.errors import APIError
 from server.lifecycle import Lifecycle
 from server.limits import check_request_work
 from server.methods import METHODS, parameter_blocks
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput, SamplingSpec
 from server.methods.streams import merge_streams
+from server.resources import Resources
 from server.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
@@ -96,14 +97,14 @@ class CompletionService:
     """Validates, admits and runs completion requests against one engine."""
 
     def __init__(
-        self, engine: Engine, settings: Settings, lifecycle: Lifecycle | None = None
+        self, engine: PolicyEngine, settings: Settings, lifecycle: Lifecycle | None = None
     ) -> None:
         self.engine = engine
         self.settings = settings
         # Cuts requests at the end of a shutdown's grace period or when an engine dies.
         self.lifecycle = lifecycle or Lifecycle(settings.shutdown_grace_s)
         self.admitted = 0
-        self.shared: dict = {}  # see MethodContext.shared
+        self.resources = Resources()  # see MethodContext.resources
 
     # ---- the lifecycle ----------------------------------------------------------------
     async def handle(self, request: CompletionRequest, http: Request) -> Response:
@@ -355,12 +356,13 @@ class CompletionService:
 
     # ---- admission --------------------------------------------------------------------
     def admit(self, prepared: PreparedRequest) -> None:
-        """Bound the requests in flight; beyond the bound answer 429 instead of queueing."""
-        if self.admitted >= self.settings.max_pending_requests:
+        """Bound the requests in flight; beyond the bound answer 429 instead of queueing.
+        The bound is per engine replica (docs/scaling.md)."""
+        capacity = self.settings.max_pending_requests * self.settings.engine_replicas
+        if self.admitted >= capacity:
             metrics.record_request_outcome(prepared.method.name, "rejected")
             raise APIError(
-                f"Server is at capacity ({self.settings.max_pending_requests} requests in "
-                "flight); retry later",
+                f"Server is at capacity ({capacity} requests in flight); retry later",
                 status=429,
                 code="server_at_capacity",
             )
@@ -392,7 +394,7 @@ class CompletionService:
                 settings=self.settings,
                 request_id=f"{prepared.request_id}-p{prompt_index}",
                 details=prepared.details,
-                shared=self.shared,
+                resources=self.resources,
                 http_request_id=prepared.request_id,
             )
             async for delta in prepared.method.run(ctx, inp):

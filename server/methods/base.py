@@ -19,8 +19,9 @@ from vllm import SamplingParams
 from vllm.logprobs import Logprob
 
 from server.config import Settings
-from server.engine import Engine
+from server.engines.base import PolicyEngine
 from server.limits import RequestWork
+from server.resources import Resources
 from server.usage import UsageMeter
 
 
@@ -98,14 +99,13 @@ class MethodInput:
 class MethodContext:
     """What a method may use: the engine, the request's meter, settings, a details dict."""
 
-    engine: Engine
+    engine: PolicyEngine  # in-process or remote replicas: methods do not know which
     meter: UsageMeter
     settings: Settings
     request_id: str  # this prompt's: "<http request id>-p<prompt index>"
     details: dict[str, Any] = field(default_factory=dict)
-    # Process-wide objects methods share across requests (schedulers, reward models), created
-    # lazily by the method that needs them.
-    shared: dict[str, Any] = field(default_factory=dict)
+    # Process-wide services methods share across requests (schedulers, reward models).
+    resources: Resources = field(default_factory=Resources)
     # The whole HTTP request's id, shared by all its prompts: the key under which shared
     # schedulers are fair across requests (one request with many prompts is still one).
     http_request_id: str = ""
@@ -122,7 +122,7 @@ class Method(ABC):
     # Parameter blocks this method reads from the request body, e.g. {"rebase": RebaseParams}.
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {}
 
-    def check(self, inp: MethodInput, engine: Engine) -> None:
+    def check(self, inp: MethodInput, engine: PolicyEngine) -> None:
         """Reject inputs this method cannot serve (raise `APIError`); default accepts all."""
         return None
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from server.detokenize import IncrementalText
-from server.engine import Engine
+from server.engines.base import PolicyEngine
 from server.limits import RequestWork
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
 from server.methods.streams import merge_streams
@@ -26,7 +26,7 @@ class QuietStar(Method):
     name = "quiet_star"
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {"quiet_star": QuietStarParams}
 
-    def check(self, inp: MethodInput, engine: Engine) -> None:
+    def check(self, inp: MethodInput, engine: PolicyEngine) -> None:
         check_quiet_star_input(inp, engine, self.name)
 
     def work(self, inp: MethodInput) -> RequestWork:
@@ -43,7 +43,11 @@ class QuietStar(Method):
     ) -> AsyncIterator[ChoiceDelta]:
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         decoder = QuietStarDecoder(
-            ctx, params, inp.sampling, seed_base=(inp.sampling.seed or 0) + index
+            ctx,
+            params,
+            inp.sampling,
+            seed_base=(inp.sampling.seed or 0) + index,
+            routing_key=f"{ctx.request_id}-{index}",  # one sequence: one replica's cache
         )
         text = IncrementalText(ctx.engine.tokenizer, inp.sampling.stop)
         stop_ids = decoder.stop_token_ids  # EOS (and BOS for a checkpoint) unless ignore_eos

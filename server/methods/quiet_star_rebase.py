@@ -14,7 +14,7 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from server.detokenize import IncrementalText
-from server.engine import Engine
+from server.engines.base import PolicyEngine
 from server.limits import RequestWork
 from server.methods.base import MethodContext, MethodInput
 from server.methods.rebase import GeneratedStep, Rebase
@@ -31,7 +31,7 @@ class QuietStarRebase(Rebase):
         "quiet_star": QuietStarParams,
     }
 
-    def check(self, inp: MethodInput, engine: Engine) -> None:
+    def check(self, inp: MethodInput, engine: PolicyEngine) -> None:
         super().check(inp, engine)
         check_quiet_star_input(inp, engine, self.name)
 
@@ -53,9 +53,12 @@ class QuietStarRebase(Rebase):
         max_tokens: int,
         stops: list[str],
         seed: int | None,
+        routing_key: str | None = None,
     ) -> GeneratedStep:
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
-        decoder = QuietStarDecoder(ctx, params, inp.sampling, seed_base=seed or 0)
+        decoder = QuietStarDecoder(
+            ctx, params, inp.sampling, seed_base=seed or 0, routing_key=routing_key
+        )
         text = IncrementalText(ctx.engine.tokenizer, stops)
         stop_ids = decoder.stop_token_ids
         token_ids: list[int] = []

@@ -19,7 +19,7 @@ from vllm.sampling_params import RequestOutputKind
 
 from server import metrics
 from server.answers import extract_answer
-from server.engine import Engine
+from server.engines.base import PolicyEngine
 from server.errors import APIError
 from server.limits import RequestWork
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
@@ -39,7 +39,7 @@ class Rebase(Method):
     name = "rebase"
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {"rebase": RebaseParams}
 
-    def check(self, inp: MethodInput, engine: Engine) -> None:
+    def check(self, inp: MethodInput, engine: PolicyEngine) -> None:
         params: RebaseParams = inp.params["rebase"]  # type: ignore[assignment]
         if inp.sampling.min_tokens > params.max_step_tokens:
             raise APIError(
@@ -82,9 +82,11 @@ class Rebase(Method):
         max_tokens: int,
         stops: list[str],
         seed: int | None,
+        routing_key: str | None = None,
     ) -> GeneratedStep:
         """One step: plain sampling up to a stop string (kept in the text) or `max_tokens`.
-        Subclasses decode steps differently (quiet_star+rebase thinks)."""
+        Subclasses decode steps differently (quiet_star+rebase thinks). `routing_key` is the
+        tree's: all its calls share one replica's prefix cache (docs/scaling.md)."""
         params = inp.sampling.to_vllm(
             max_tokens=max_tokens,
             stop=stops,
@@ -95,7 +97,9 @@ class Rebase(Method):
         )
         final = None
         request_id = engine_request_id(ctx.request_id)
-        async for output in ctx.engine.generate(prompt, params, ctx.meter, request_id=request_id):
+        async for output in ctx.engine.generate(
+            prompt, params, ctx.meter, request_id=request_id, routing_key=routing_key
+        ):
             final = output
         out = final.outputs[0]
         return GeneratedStep(list(out.token_ids), out.text, out.finish_reason, out.stop_reason)
@@ -162,6 +166,7 @@ class _Tree:
                 max_tokens=max(1, min(self.params.max_step_tokens, remaining)),
                 stops=self.format.stop_strings(depth),
                 seed=seed if self.inp.sampling.seed is not None else None,
+                routing_key=self.tree_id,
             ),
             self.method.name,
         )
@@ -250,15 +255,16 @@ def _count(items) -> dict[str, int]:
 def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
     """The process-wide scheduler that all trees share (created on first use); the
     `thinkscale_rebase_jobs_in_flight` gauge reads its slot count."""
-    scheduler = ctx.shared.get("rebase_scheduler")
+    scheduler = ctx.resources.rebase_scheduler
     if scheduler is None:
         if ctx.settings.rebase_scheduler == "direct":
             scheduler = DirectScheduler()
         else:
             scheduler = ExpansionScheduler(
-                ctx.settings.rebase_max_in_flight,
+                # per replica (docs/scaling.md): more replicas take more jobs at once
+                ctx.settings.rebase_max_in_flight * ctx.settings.engine_replicas,
                 lambda method, queued: metrics.QUEUE_DEPTH.labels(method).set(queued),
             )
         metrics.REBASE_JOBS_IN_FLIGHT.set_function(lambda: scheduler.in_flight)
-        ctx.shared["rebase_scheduler"] = scheduler
+        ctx.resources.rebase_scheduler = scheduler
     return scheduler

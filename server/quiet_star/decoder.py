@@ -47,9 +47,16 @@ class QuietStarDecoder:
     """Produces visible tokens for one sequence; stopping is the caller's business."""
 
     def __init__(
-        self, ctx: MethodContext, params: QuietStarParams, sampling: SamplingSpec, seed_base: int
+        self,
+        ctx: MethodContext,
+        params: QuietStarParams,
+        sampling: SamplingSpec,
+        seed_base: int,
+        routing_key: str | None = None,
     ) -> None:
         self.ctx, self.params, self.sampling = ctx, params, sampling
+        # Every call of this sequence extends one context: one replica's prefix cache.
+        self.routing_key = routing_key
         tokenizer = ctx.engine.tokenizer
         self.model = served_model(ctx.engine)
         self.start_ids, self.end_ids = resolve_delimiters(
@@ -147,7 +154,11 @@ class QuietStarDecoder:
         )
         final = None
         async for output in self.ctx.engine.generate(
-            context_ids, params, self.ctx.meter, request_id=engine_request_id(self.ctx.request_id)
+            context_ids,
+            params,
+            self.ctx.meter,
+            request_id=engine_request_id(self.ctx.request_id),
+            routing_key=self.routing_key,
         ):
             final = output
         self.engine_calls += 1
@@ -180,7 +191,11 @@ class QuietStarDecoder:
         )
         self.engine_calls += 1
         async for output in self.ctx.engine.generate(
-            context_ids, params, self.ctx.meter, request_id=engine_request_id(self.ctx.request_id)
+            context_ids,
+            params,
+            self.ctx.meter,
+            request_id=engine_request_id(self.ctx.request_id),
+            routing_key=self.routing_key,
         ):
             completion = output.outputs[0]
             ended = completion.finish_reason == "stop" and not isinstance(

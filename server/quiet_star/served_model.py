@@ -33,14 +33,14 @@ _cache: dict[int, ServedModel] = {}
 
 def served_model(engine) -> ServedModel:
     """Cached per engine (the model does not change while it runs)."""
-    key = id(engine.llm)
+    key = id(engine)
     if key not in _cache:
         _cache[key] = _describe(engine)
     return _cache[key]
 
 
 def _describe(engine) -> ServedModel:
-    hf_config = engine.llm.model_config.hf_config
+    hf_config = engine.hf_config
     tokenizer = engine.tokenizer
     is_checkpoint = checkpoint.ARCHITECTURE in (getattr(hf_config, "architectures", None) or [])
     vocab_size = int(hf_config.vocab_size)

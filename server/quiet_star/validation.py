@@ -10,7 +10,7 @@ thought, not to the visible text.
 
 from __future__ import annotations
 
-from server.engine import Engine
+from server.engines.base import PolicyEngine
 from server.errors import APIError
 from server.methods.base import MethodInput
 from server.quiet_star.delimiters import resolve_delimiters
@@ -20,7 +20,7 @@ from server.quiet_star.served_model import served_model
 _PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
 
 
-def check_quiet_star_input(inp: MethodInput, engine: Engine, method: str) -> None:
+def check_quiet_star_input(inp: MethodInput, engine: PolicyEngine, method: str) -> None:
     params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
     start, end = resolve_delimiters(engine.tokenizer, params.start_token, params.end_token)
     sampling = inp.sampling
@@ -31,9 +31,7 @@ def check_quiet_star_input(inp: MethodInput, engine: Engine, method: str) -> Non
                 "hidden thought, not to the text)",
                 param=name,
             )
-    if sampling.logprobs is not None and engine.llm.model_config.logprobs_mode != (
-        "processed_logprobs"
-    ):
+    if sampling.logprobs is not None and engine.logprobs_mode != ("processed_logprobs"):
         raise APIError(
             f"logprobs is not supported by method '{method}' unless the server runs with "
             "--logprobs-mode processed_logprobs (the talk token's distribution exists only "

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from server.rewards.base import RewardModel
 
 if TYPE_CHECKING:
-    from server.engine import Engine
+    from server.engines.base import PolicyEngine as Engine
     from server.rewards.vllm_prm import VllmProcessRewardModel
 
 __all__ = ["REWARD_MODELS", "RewardModel", "build_reward_model"]

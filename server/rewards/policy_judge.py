@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from server.rewards.base import RewardModel
 
 if TYPE_CHECKING:
-    from server.engine import Engine
+    from server.engines.base import PolicyEngine as Engine
     from server.usage import UsageMeter
 
 __all__ = [
@@ -178,7 +178,7 @@ class PolicyJudgeRewardModel(RewardModel):
         return SamplingParams(max_tokens=1, temperature=0.0, logprobs=self._max_logprobs())
 
     def _max_logprobs(self) -> int:
-        cap = int(getattr(self.engine.llm.model_config, "max_logprobs", 20))
+        cap = int(self.engine.max_logprobs)
         return cap if cap != 0 else 1
 
     async def score(

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def get_reward_model(ctx: MethodContext, name: str | None) -> RewardModel:
     name = name or ctx.settings.reward_model
-    models: dict[str, RewardModel] = ctx.shared.setdefault("reward_models", {})
+    models = ctx.resources.reward_models
     if name not in models:
         models[name] = _build(ctx, name)
     return models[name]
@@ -34,6 +34,6 @@ def _build(ctx: MethodContext, name: str) -> RewardModel:
     if build_reward_model is None:
         raise APIError(f"reward model '{name}' is not available", param="rebase.reward_model")
     try:
-        return build_reward_model(name, engine=ctx.engine, prm=ctx.shared.get("vllm_prm"))
+        return build_reward_model(name, engine=ctx.engine, prm=ctx.resources.vllm_prm)
     except ValueError as exc:
         raise APIError(str(exc), param="rebase.reward_model") from None

@@ -234,6 +234,17 @@ async def test_over_capacity_is_429_before_tokenizing() -> None:
     assert service.admitted == 0
 
 
+async def test_the_admission_bound_is_per_engine_replica() -> None:
+    """Behind a router of 2 replicas (docs/scaling.md) twice as many requests are admitted."""
+    service, _ = _service(max_pending_requests=1, engine_replicas=2)
+    admitted = [await service.prepare(CompletionRequest(prompt="a"), f"c{i}") for i in range(2)]
+    with pytest.raises(APIError) as info:
+        await service.prepare(CompletionRequest(prompt="a"), "c3")
+    assert info.value.status == 429 and "2 requests" in info.value.message
+    for prepared in admitted:
+        service.release(prepared)
+
+
 async def test_large_prompts_are_tokenized_off_the_event_loop() -> None:
     service, engine = _service()
     small = await service.prepare(CompletionRequest(prompt="hi"), "cmpl-s")

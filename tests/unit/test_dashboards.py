@@ -27,6 +27,8 @@ BOUNDED_LABELS = {
     "method", "status", "component", "accounting", "kind", "reward_model", "le",
     # vLLM's own labels
     "model_name", "engine",
+    # Prometheus's scrape target: bounded by the replicas deployed (docs/scaling.md)
+    "instance",
 }  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from server.lifecycle import (
     Lifecycle,
     ServerShuttingDown,
 )
+from server.resources import Resources
 from server.serve import GatewayServer
 
 
@@ -190,8 +191,8 @@ class FakeLLM:
 
 
 def fake_service(policy: FakeLLM, prm: FakeLLM | None = None) -> SimpleNamespace:
-    shared = {"vllm_prm": SimpleNamespace(llm=prm)} if prm is not None else {}
-    return SimpleNamespace(engine=SimpleNamespace(llm=policy), shared=shared)
+    resources = Resources(vllm_prm=SimpleNamespace(llm=prm) if prm is not None else None)
+    return SimpleNamespace(engine=policy, resources=resources)
 
 
 async def test_health_ok_when_every_engine_is() -> None:

@@ -23,6 +23,7 @@ from server.rebase.params import RebaseParams
 from server.rebase.search import rebase_search
 from server.rebase.steps import has_final_answer
 from server.rebase.tree import Node, root_node
+from server.resources import Resources
 from tests.unit.test_rebase_search import FakeTree
 
 
@@ -63,7 +64,7 @@ class _StepScores:
 def _tree(prm: _StepScores, **params) -> _Tree:
     settings = SimpleNamespace(rebase_scheduler="direct", reward_model="scripted")
     ctx = SimpleNamespace(
-        shared={"reward_models": {"scripted": prm}}, settings=settings, details={},
+        resources=Resources(reward_models={"scripted": prm}), settings=settings, details={},
         request_id="req", fairness_key="req", meter=None, engine=None,
     )  # fmt: skip
     inp = SimpleNamespace(prompt_text="Q", prompt_token_ids=[1], sampling=SimpleNamespace(seed=0))

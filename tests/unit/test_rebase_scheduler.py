@@ -11,6 +11,7 @@ from server.methods.base import MethodContext, MethodInput, SamplingSpec
 from server.methods.rebase import GeneratedStep, Rebase
 from server.rebase.params import RebaseParams
 from server.rebase.scheduler import ExpansionScheduler
+from server.resources import Resources
 
 
 async def _job(log: list, name: str, gate: asyncio.Event | None = None) -> str:
@@ -166,14 +167,16 @@ class _RecordingScheduler:
 class _OneStepRebase(Rebase):
     """Every step states an answer at once, so each tree is one level (no engine)."""
 
-    async def generate_step(self, ctx, inp, prompt, *, max_tokens, stops, seed) -> GeneratedStep:
+    async def generate_step(
+        self, ctx, inp, prompt, *, max_tokens, stops, seed, routing_key=None
+    ) -> GeneratedStep:
         return GeneratedStep([5, 6], "The answer is 7", "length", None)
 
 
 def test_all_trees_of_one_http_request_share_one_fairness_key() -> None:
     """Fairness is across HTTP requests: 2 prompts x n=3 trees must not count as 6 requests."""
     scheduler = _RecordingScheduler()
-    shared = {"rebase_scheduler": scheduler}
+    resources = Resources(rebase_scheduler=scheduler)
     inp = MethodInput(
         prompt_token_ids=[1, 2, 3],
         prompt_text="Q: 3 + 4?",
@@ -191,7 +194,7 @@ def test_all_trees_of_one_http_request_share_one_fairness_key() -> None:
                 settings=Settings(),
                 request_id=f"cmpl-abc-p{prompt_index}",
                 http_request_id="cmpl-abc",
-                shared=shared,
+                resources=resources,
             )
             async for delta in _OneStepRebase().run(ctx, inp):
                 choices += delta.finish_reason is not None

@@ -81,7 +81,7 @@ class FakePolicyEngine:
         self.logprobs_for = logprobs_for  # prompt text -> {token_id: logprob}
         self.max_model_len = max_model_len
         self.flops = FLOPS
-        self.llm = SimpleNamespace(model_config=SimpleNamespace(max_logprobs=max_logprobs))
+        self.max_logprobs = max_logprobs
         self.calls: list[tuple[list[int], object, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0

@@ -1,0 +1,166 @@
+"""What the remote hop costs per method: the gateway on its in-process engine vs the same gateway
+driving one `vllm serve` replica through the router (docs/scaling.md), same engine settings.
+
+Sides, alternating A B B A: ``inprocess`` (the default gateway) and ``remote`` (one replica with
+our logits processor + vllm-router + the gateway with ``--engine-url``). One replica on purpose:
+the hop (HTTP + SSE per engine call, the router, JSON) is isolated from any gain of a second
+replica. Each session runs every method on the same GSM8K questions, closed loop, and records
+client throughput and latency and the engine calls per request (the hop is paid per call:
+Quiet-STaR makes one call per output token, REBASE one per node).
+
+    python -m loadtest.benchmarks.remote_hop --out docs/data/remote_hop.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from loadtest.harness import cli
+from loadtest.harness.driver import run_bodies
+from loadtest.harness.results import by_side
+from loadtest.harness.rounds import run_rounds
+from loadtest.harness.servers import (
+    EngineSettings,
+    ServerProcess,
+    start,
+    start_gateway,
+    start_replica,
+    start_router,
+)
+from loadtest.harness.tables import fmt, fmt_spread, markdown_table
+from loadtest.stats import percentile
+
+NAME = "remote_hop"
+SIDES = ("inprocess", "remote")
+METHOD_BODY: dict[str, dict[str, Any]] = {
+    "baseline": {"method": "baseline", "max_tokens": 64},
+    "rebase": {
+        "method": "rebase",
+        "max_tokens": 96,
+        "rebase": {"width": 4, "max_depth": 3, "max_step_tokens": 32},
+    },
+    "quiet_star": {"method": "quiet_star", "max_tokens": 8, "quiet_star": {"thought_tokens": 4}},
+    "quiet_star+rebase": {
+        "method": "quiet_star+rebase",
+        "max_tokens": 32,
+        "rebase": {"width": 2, "max_depth": 2, "max_step_tokens": 16},
+        "quiet_star": {"thought_tokens": 2, "think": "step_start"},
+    },
+}
+METRICS = (  # key, label, digits
+    ("requests_per_s", "req/s", 3),
+    ("p50_latency_s", "p50 latency s", 2),
+    ("p95_latency_s", "p95 latency s", 2),
+    ("engine_calls_per_request", "engine calls/req", 1),
+)
+
+
+@contextlib.contextmanager
+def serving(side: str, engine: EngineSettings, logs: Path, rnd: int) -> Iterator[ServerProcess]:
+    """The gateway of one side (and, for ``remote``, its replica and router), always stopped."""
+    if side == "inprocess":
+        with start("gateway", engine, logs / f"r{rnd}-inprocess.log") as gateway:
+            yield gateway
+        return
+    with contextlib.ExitStack() as stack:
+        replica = stack.enter_context(start_replica(engine, logs / f"r{rnd}-replica.log"))
+        router = stack.enter_context(start_router([replica.url], logs / f"r{rnd}-router.log"))
+        gateway = stack.enter_context(
+            start_gateway(engine, logs / f"r{rnd}-remote.log", "--engine-url", router.url)
+        )
+        yield gateway
+
+
+def bodies(args: argparse.Namespace, model: str, method: str, offset: int) -> list[dict]:
+    prompts = [p for _, p in cli.questions(args, offset + args.num_prompts)][offset:]
+    return [
+        {"model": model, "prompt": p, "temperature": 0.7, "seed": i, **METHOD_BODY[method]}
+        for i, p in enumerate(prompts)
+    ]
+
+
+def measure(args: argparse.Namespace, rnd: int, side: str) -> dict[str, Any]:
+    engine = cli.engine_settings(args)
+    session: dict[str, Any] = {"side": side, "round": rnd, "methods": {}}
+    with serving(side, engine, cli.logs_dir(args), rnd) as gateway:
+        session["started_in_s"] = gateway.started_in_s
+        for method in args.methods:
+            warm = bodies(args, engine.name(), method, args.num_prompts)[: args.concurrency]
+            run_bodies(gateway.url, warm, concurrency=args.concurrency)
+            load = bodies(args, engine.name(), method, 0)
+            done = run_bodies(gateway.url, load, concurrency=args.concurrency, check=False)
+            ok = [r for r in done.results if r.error is None]
+            calls = [(r.usage or {}).get("engine_calls", 0) for r in ok]
+            session["methods"][method] = {
+                "completed": len(ok),
+                "failed": len(done.results) - len(ok),
+                "requests_per_s": len(ok) / done.wall_s,
+                "p50_latency_s": percentile([r.latency for r in ok], 50),
+                "p95_latency_s": percentile([r.latency for r in ok], 95),
+                "engine_calls_per_request": sum(calls) / max(len(calls), 1),
+            }
+    return session
+
+
+def summary(sessions: list[dict], methods: list[str]) -> dict[str, Any]:
+    """Per method and metric: each side's spread over rounds, and remote / in-process."""
+    out: dict[str, Any] = {}
+    for method in methods:
+        out[method] = {}
+        for key, _, _ in METRICS:
+            flat = [{"side": s["side"], key: s["methods"][method][key]} for s in sessions]
+            sides = by_side(flat, key)
+            a, b = sides.get("inprocess", {}).get("median"), sides.get("remote", {}).get("median")
+            out[method][key] = {**sides, "ratio": b / a if a and b is not None else None}
+    return out
+
+
+def tables(payload: dict[str, Any]) -> dict[str, str]:
+    """One Markdown table per method for docs/scaling.md."""
+    out = {}
+    for method, s in payload["summary"].items():
+        rows = [
+            [
+                label,
+                fmt_spread(s[key]["inprocess"], digits),
+                fmt_spread(s[key]["remote"], digits),
+                fmt(s[key]["ratio"], 3),
+            ]
+            for key, label, digits in METRICS
+        ]
+        header = [method, "in-process: median (min–max)", "remote: median (min–max)", "ratio"]
+        out[f"{NAME}.{method}"] = markdown_table(header, rows)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = cli.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--num-prompts", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--methods", nargs="+", default=list(METHOD_BODY), choices=list(METHOD_BODY))
+    args = p.parse_args(argv)
+
+    def body(save: cli.Save) -> dict[str, Any]:
+        sessions = run_rounds(
+            SIDES,
+            lambda r, side: measure(args, r, side),
+            args.rounds,
+            lambda ss: save({"sessions": ss}),
+        )
+        return {
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "logs")},
+            "engine": cli.engine_settings(args).__dict__,
+            "summary": summary(sessions, args.methods),
+            "sessions": sessions,
+        }
+
+    payload = cli.run_benchmark(NAME, args, body)
+    print("\n\n".join(tables(payload).values()))
+
+
+if __name__ == "__main__":
+    main()
