@@ -53,7 +53,10 @@ class QuietStarRebase(Rebase):
         max_tokens: int,
         stops: list[str],
         seed: int | None,
+        priority: int = 0,
     ) -> GeneratedStep:
+        # `priority` (vLLM's) is not passed on: the Quiet-STaR decoder makes one engine request
+        # per token, so the gateway-side order of the REBASE scheduler is what ranks its work.
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         decoder = QuietStarDecoder(ctx, params, inp.sampling, seed_base=seed or 0)
         text = IncrementalText(ctx.engine.tokenizer, stops)
