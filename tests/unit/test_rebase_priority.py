@@ -237,3 +237,20 @@ def test_same_seeds_grow_the_same_trees_as_direct(make) -> None:
     details = [d for _, trees in expected for d in trees]
     assert max(d["depth"] for d in details) >= 2
     assert all(d["leaves"] >= 2 for d in details)
+
+
+def test_the_priority_setting_builds_a_kv_aware_priority_scheduler() -> None:
+    from server.methods.rebase import scheduler_for
+
+    config = SimpleNamespace(num_gpu_blocks=300, block_size=16)
+    engine = SimpleNamespace(llm=SimpleNamespace(vllm_config=SimpleNamespace(cache_config=config)))
+    ctx = MethodContext(
+        engine=engine,  # type: ignore[arg-type]
+        meter=None,  # type: ignore[arg-type]
+        settings=Settings(rebase_scheduler="priority", rebase_kv_watermark=0.8),
+        request_id="cmpl-x-p0",
+    )
+    scheduler = scheduler_for(ctx)
+    assert isinstance(scheduler, PriorityScheduler)
+    assert (scheduler.kv_blocks, scheduler.kv_watermark) == (300, 0.8)
+    assert scheduler_for(ctx) is scheduler  # one per process
