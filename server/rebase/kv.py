@@ -51,7 +51,6 @@ class KvUsageReader:
     def __init__(self, max_age_s: float = 0.05, registry=REGISTRY) -> None:
         self.max_age_s = max_age_s
         self._registry = registry
-        self._collector = None
         self._at = -math.inf
         self._value: float | None = None
 
@@ -63,15 +62,11 @@ class KvUsageReader:
         return self._value
 
     def _read(self) -> float | None:
-        collector = self._collector or self._find()
+        # prometheus-client has no public lookup by name; `_names_to_collectors` is what its
+        # own `get_sample_value` walks. Looked up on every read (a dict lookup): the gauge
+        # appears once the engine's logger starts, and a later engine re-registers it.
+        collector = getattr(self._registry, "_names_to_collectors", {}).get(USAGE_GAUGE)
         if collector is None:
             return None
         values = [s.value for m in collector.collect() for s in m.samples if s.name == USAGE_GAUGE]
         return max(values) if values else None
-
-    def _find(self):
-        # prometheus-client has no public lookup by name; `_names_to_collectors` is what its
-        # own `get_sample_value` walks. The gauge appears once the engine's logger starts.
-        names = getattr(self._registry, "_names_to_collectors", {})
-        self._collector = names.get(USAGE_GAUGE)
-        return self._collector
