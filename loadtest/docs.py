@@ -43,6 +43,13 @@ SOURCES: dict[str, Source] = {
     "gateway_overhead": _bench("gateway_overhead", "gateway_overhead", ""),
     "rebase_throughput": _bench("rebase_throughput", "rebase_bench", "throughput --best-of-n "),
     "rebase_hf": _bench("rebase_hf", "rebase_bench", "hf --questions 2 "),
+    # The scheduler under a load where it matters (issue 10): width x trees >> max_num_seqs.
+    "rebase_scheduler": _bench(
+        "rebase_scheduler",
+        "rebase_bench",
+        "throughput --configs priority16,direct16,fair16 --width 16 --questions 16 "
+        "--max-num-seqs 64 ",
+    ),
     "quiet_star_forward": _bench("quiet_star_forward", "quiet_star_bench", "forward "),
     "quiet_star_speed": _bench("quiet_star_speed", "quiet_star_bench", "speed "),
     "quiet_star_methods": _bench("quiet_star_methods", "quiet_star_bench", "methods "),

@@ -141,13 +141,28 @@ class Settings(BaseSettings):
     )
     prm_model: str | None = Field(None, description="HF id/folder of a PRM for 'vllm_prm'.")
     prm_style: Literal["math_shepherd", "qwen_prm"] = "math_shepherd"
-    rebase_scheduler: Literal["fair", "direct"] = Field(
+    rebase_scheduler: Literal["priority", "fair", "direct"] = Field(
         "fair",
-        description="'fair': one bounded, fair scheduler for all trees; 'direct': each tree "
-        "submits its own engine calls (the simple alternative, for comparison).",
+        description="'priority': one bounded scheduler for all trees, older requests first "
+        "(fairness as a bound), admission by KV blocks, children scored as soon as their step "
+        "ends, vLLM priority scheduling; 'fair': one bounded scheduler, fewest-running request "
+        "first; 'direct': each tree submits its own engine calls (for comparison).",
     )
     rebase_max_in_flight: int = Field(
         64, ge=1, description="Engine jobs (sequences, scoring calls) REBASE keeps in flight."
+    )
+    rebase_prm_max_in_flight: int = Field(
+        16,
+        ge=1,
+        description="PRM-engine scoring calls in flight ('priority' scheduler: the PRM has its "
+        "own bound instead of policy slots).",
+    )
+    rebase_kv_watermark: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="'priority' scheduler: admit expansions while the KV blocks they need fit "
+        "under this fraction of the engine's KV cache.",
     )
 
     # --- API limits (bounded resources) ----------------------------------------------------

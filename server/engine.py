@@ -65,6 +65,9 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         seed=settings.seed,
         disable_log_stats=False,  # keeps vLLM's own vllm:* Prometheus series
         logits_processors=[QUIET_STAR_PROCESSOR],
+        # The REBASE priority scheduler passes `priority=` per engine request (lower first);
+        # vLLM honours it, and preempts the lowest priority first, only under this policy.
+        scheduling_policy="priority" if settings.rebase_scheduler == "priority" else "fcfs",
     )
 
 
@@ -163,6 +166,7 @@ class Engine:
         component: Component = "policy",
         request_id: str | None = None,
         routing_key: str | None = None,  # one engine: nothing to route
+        priority: int = 0,
     ) -> AsyncIterator[RequestOutput]:
         """Stream the outputs of one single-sequence engine request, then charge its cost.
 
@@ -178,7 +182,7 @@ class Engine:
         cached_tokens = 0
         generated_tokens = 0
         try:
-            async for output in self.llm.generate(prompt, params, request_id):
+            async for output in self.llm.generate(prompt, params, request_id, priority=priority):
                 cached_tokens = output.num_cached_tokens or 0
                 generated_tokens = _generated_so_far(output, params, generated_tokens)
                 yield output

@@ -76,6 +76,16 @@ REBASE_JOBS_IN_FLIGHT = Gauge(
     "Engine jobs (expansions, scoring calls) holding a slot of the REBASE scheduler "
     "(at most --rebase-max-in-flight).",
 )
+# The `priority` scheduler's KV-aware admission (server/rebase/scheduler.py: PriorityScheduler).
+REBASE_KV_RESERVED = Gauge(
+    "thinkscale_rebase_kv_reserved_blocks",
+    "KV-cache blocks the REBASE priority scheduler has reserved for the jobs it runs.",
+)
+REBASE_KV_DEFERRALS = Counter(
+    "thinkscale_rebase_kv_deferrals",
+    "REBASE jobs the priority scheduler held back at least once for lack of KV-cache room "
+    "(engine preemptions: vllm:num_preemptions_total).",
+)
 
 # --- REBASE ------------------------------------------------------------------------------
 REBASE_NODES = Histogram(

@@ -1,16 +1,20 @@
 """REBASE on the gateway: throughput by scheduler, prefix-cache reuse, FLOPs, and vs HF.
 
 ``throughput``: the same seeded trees (16 GSM8K test questions, width 8) under configurations
-``SCHEDULERn`` (the gateway's ``--rebase-scheduler`` fair|direct, n requests in flight), each in
-a *fresh* gateway (a warm cache from an earlier run of the same trees would flatter whoever runs
-second), in alternating rounds. Two different questions, kept apart in the report:
+``SCHEDULERn`` (the gateway's ``--rebase-scheduler`` priority|fair|direct, n requests in flight),
+each in a *fresh* gateway (a warm cache from an earlier run of the same trees would flatter
+whoever runs second), in alternating rounds. Closed loop (n in flight), or with
+``--arrival-rate R`` open loop (Poisson arrivals, R requests/s, the same seeded schedule for every
+configuration; n is then only the name). Two different questions, kept apart in the report:
 
-* the **scheduler**: ``fair8`` vs ``direct8`` (same load, only the scheduler differs);
+* the **scheduler**: ``priority16`` / ``fair16`` vs ``direct16`` (same load, only the scheduler);
 * **batching**: ``fair8`` vs ``fair1`` (8 trees in flight vs one at a time, any scheduler).
 
-Per session: problems/min, prefix-cache hits over the prompt tokens of all engine calls (from
-``usage`` and from vLLM's own counters), tree sizes. ``--best-of-n`` adds plain sampling with
-``n`` = each question's leaves and the same token cap, for FLOPs per question.
+Per session: problems/min, p50/p95 request latency, engine preemptions, prefix-cache hits over
+the prompt tokens of all engine calls (from ``usage`` and from vLLM's own counters), mean batch
+occupancy (vLLM's ``num_requests_running`` sampled every ``--sample-s`` during the load, over
+``--max-num-seqs``), accuracy of the vote, FLOPs and tree sizes. ``--best-of-n`` adds plain
+sampling with ``n`` = each question's leaves and the same token cap, for FLOPs per question.
 
 ``hf``: seconds per question and per generated token, gateway (one tree at a time) vs
 ``hf_rebase`` (HF generate, one node at a time) in alternating rounds, with the gateway
@@ -19,6 +23,8 @@ generated tokens of each side are reported next to the seconds.
 
     python -m loadtest.benchmarks.rebase_bench throughput --best-of-n \
         --out docs/data/rebase_throughput.json
+    python -m loadtest.benchmarks.rebase_bench throughput --configs priority16,direct16,fair16 \
+        --width 16 --questions 16 --max-num-seqs 64 --out docs/data/rebase_scheduler.json
     python -m loadtest.benchmarks.rebase_bench hf --questions 2 --out docs/data/rebase_hf.json
 """
 
@@ -27,9 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+import threading
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from loadtest.client import CallResult
@@ -40,8 +48,10 @@ from loadtest.harness.results import by_side, spread
 from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import REPO, metric_total, scrape_metrics, start_gateway
 from loadtest.harness.tables import fmt, fmt_spread, markdown_table
+from server.answers import answers_match
 
-CONFIG_RE = re.compile(r"^(fair|direct)(\d+)$")
+CONFIG_RE = re.compile(r"^(priority|fair|direct)(\d+)$")
+RUNNING_GAUGE = "vllm:num_requests_running"
 ENGINE_COUNTERS = (
     "vllm:prompt_tokens_total",
     "vllm:prompt_tokens_cached_total",
@@ -90,7 +100,7 @@ def parse_config(name: str) -> tuple[str, int]:
     """``fair8`` -> ("fair", 8): the gateway's REBASE scheduler and the requests in flight."""
     m = CONFIG_RE.match(name)
     if m is None:
-        raise ValueError(f"config must look like fair8 or direct16, got {name!r}")
+        raise ValueError(f"config must look like priority16, fair8 or direct16, got {name!r}")
     return m.group(1), int(m.group(2))
 
 
@@ -127,27 +137,85 @@ def trees(results: list[CallResult]) -> dict[str, float]:
     }
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile (0..1) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return float(values[0])
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def accuracy(results: list[CallResult], problems: list[Problem]) -> float | None:
+    """Share of questions whose tree's vote matches the GSM8K reference."""
+    pairs = [(r, p) for r, p in zip(results, problems, strict=True) if r.error is None]
+    if not pairs:
+        return None
+    right = sum(answers_match(r.details["rebase"][0]["answer"], p.reference) for r, p in pairs)
+    return right / len(pairs)
+
+
+class OccupancySampler:
+    """Samples vLLM's running-sequences gauge while a load runs (a thread: the driver owns
+    the event loop). Mean running / max_num_seqs is the batch occupancy the level barrier and
+    the scheduler leave; the gauge is refreshed on vLLM's stats interval."""
+
+    def __init__(self, url: str, every_s: float) -> None:
+        self.url, self.every_s = url, every_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.samples.append(metric_total(scrape_metrics(self.url), RUNNING_GAUGE))
+            except Exception:
+                continue
+
+    def __enter__(self) -> OccupancySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def session(args, tree: TreeSettings, rnd: int, name: str, best_of_n: bool) -> dict[str, Any]:
-    """One fresh gateway: the trees at the configuration's concurrency, then maybe best-of-n."""
+    """One fresh gateway: the trees at the configuration's load, then maybe best-of-n."""
     scheduler, concurrency = parse_config(name)
-    engine = cli.engine_settings(args)
+    engine = replace(cli.engine_settings(args), max_num_seqs=args.max_num_seqs)
     qs = cli.questions(args, args.questions)
     log = cli.logs_dir(args) / f"r{rnd}-{name}.log"
-    with start_gateway(engine, log, "--rebase-scheduler", scheduler, attempts=2) as gw:
+    extra = ["--rebase-scheduler", scheduler]
+    if args.max_in_flight is not None:
+        extra += ["--rebase-max-in-flight", str(args.max_in_flight)]
+    load: dict[str, Any] = {"concurrency": concurrency}
+    if args.arrival_rate:  # open loop: the same seeded arrival schedule for every config
+        load = {"rate": args.arrival_rate, "seed": args.seed}
+    with start_gateway(engine, log, *extra, attempts=2) as gw:
         # Warm-up (allocator, first batches), on a prompt the trees do not share.
         warm = {"model": engine.name(), "prompt": "Warm-up.", "max_tokens": 16, "n": 2}
         run_bodies(gw.url, [warm], concurrency=1)
         before = scrape_metrics(gw.url)
-        done = run_bodies(
-            gw.url, [tree.body(engine.name(), p, q) for p, q in qs], concurrency=concurrency
-        )
+        with OccupancySampler(gw.url, args.sample_s) as occupancy:
+            done = run_bodies(gw.url, [tree.body(engine.name(), p, q) for p, q in qs], **load)
         after = scrape_metrics(gw.url)
         counters = {k: metric_total(after, k) - metric_total(before, k) for k in ENGINE_COUNTERS}
+        latencies = [r.latency for r in done.results]
+        running = occupancy.samples
         out: dict[str, Any] = {
             "side": name,
             "round": rnd,
+            "load": "open" if args.arrival_rate else "closed",
             "wall_s": done.wall_s,
             "problems_per_minute": len(done.results) / done.wall_s * 60,
+            "latency_p50_s": percentile(latencies, 0.5),
+            "latency_p95_s": percentile(latencies, 0.95),
+            "accuracy": accuracy(done.results, [p for p, _ in qs]),
+            "mean_running": statistics.fmean(running) if running else None,
+            "occupancy": statistics.fmean(running) / args.max_num_seqs if running else None,
             "trees": trees(done.results),
             "engine_counters": counters,
             "engine_cache_hit_fraction": counters["vllm:prompt_tokens_cached_total"]
@@ -251,32 +319,50 @@ def tables(payload: dict[str, Any]) -> dict[str, str]:
         {
             "side": s["side"],
             "ppm": s["problems_per_minute"],
+            "p50": s.get("latency_p50_s"),
+            "p95": s.get("latency_p95_s"),
             "hits": s["trees"]["cache_hit_fraction"],
             "vllm_hits": s["engine_cache_hit_fraction"],
             "pre": s["engine_counters"]["vllm:num_preemptions_total"],
+            "occ": s.get("occupancy"),
+            "acc": s.get("accuracy"),
+            "tflops": s["trees"]["flops_executed"] / max(s["trees"]["ok"], 1) / 1e12,
         }
         for s in sessions
     ]
+    columns = [  # (key, header, digits)
+        ("ppm", "problems/min", 2), ("p50", "p50 latency (s)", 1), ("p95", "p95 latency (s)", 1),
+        ("pre", "preemptions", 0), ("hits", "cache hits (usage)", 3),
+        ("vllm_hits", "cache hits (vLLM)", 3), ("occ", "batch occupancy", 2),
+        ("acc", "accuracy", 3), ("tflops", "TFLOPs / question", 4),
+    ]  # fmt: skip
+    spreads = {key: by_side(flat, key) for key, _, _ in columns}
     rows = [
-        [
-            side,
-            fmt_spread(ppm, 2),
-            fmt_spread(by_side(flat, "hits")[side], 3),
-            fmt_spread(by_side(flat, "vllm_hits")[side], 3),
-            fmt_spread(by_side(flat, "pre")[side], 0),
-        ]
-        for side, ppm in by_side(flat, "ppm").items()
+        [side] + [fmt_spread(spreads[key][side], digits) for key, _, digits in columns]
+        for side in spreads["ppm"]
     ]
-    header = ["config", "problems/min", "cache hits (usage)", "cache hits (vLLM)", "preemptions"]
-    med = {side: s["median"] for side, s in by_side(flat, "ppm").items()}
+    header = ["config"] + [title for _, title, _ in columns]
+    med = {side: s["median"] for side, s in spreads["ppm"].items()}
+    p50 = {side: s["median"] for side, s in spreads["p50"].items()}
     lines = []
     for c in med:
         sched, n = parse_config(c)
-        if sched == "fair" and f"direct{n}" in med:
-            lines.append(f"- scheduler, {c} / direct{n}: {_ratio(med[c], med[f'direct{n}'])}")
+        for base in ("direct", "fair"):
+            if sched != base and sched != "direct" and f"{base}{n}" in med:
+                b = f"{base}{n}"
+                lines.append(
+                    f"- scheduler, {c} / {b}: problems/min {_ratio(med[c], med[b])}, "
+                    f"p50 latency {_ratio(p50[c], p50[b])}"
+                )
         if n > 1 and f"{sched}1" in med:
             lines.append(f"- batching, {c} / {sched}1: {_ratio(med[c], med[f'{sched}1'])}")
-    out = {"rebase_throughput": markdown_table(header, rows) + "\n\n" + "\n".join(lines)}
+    load = {s.get("load", "closed") for s in sessions}
+    if load == {"open"}:
+        rate = payload.get("settings", {}).get("arrival_rate")
+        lines.append(f"- open loop: Poisson arrivals, {rate} requests/s")
+    table = markdown_table(header, rows) + "\n\n" + "\n".join(lines)
+    # Also under the name of the scheduler comparison's own result file (loadtest/docs.py).
+    out = {"rebase_throughput": table, "rebase_scheduler": table}
     bon = next((s["best_of_n"] for s in sessions if "best_of_n" in s), None)
     if bon:
         tot = {
@@ -306,6 +392,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--configs", default="fair8,direct8,fair1", help="SCHEDULERn,...")
+    p.add_argument("--arrival-rate", type=float, default=None, help="open loop: Poisson requests/s")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="the engine's batch size")
+    p.add_argument("--max-in-flight", type=int, default=None, help="gateway --rebase-max-in-flight")
+    p.add_argument("--sample-s", type=float, default=1.0, help="occupancy sampling period")
     p.add_argument("--best-of-n", action="store_true")
     args = p.parse_args(argv)
     run = throughput if args.phase == "throughput" else hf

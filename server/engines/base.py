@@ -66,11 +66,13 @@ class PolicyEngine(Protocol):
         component: Component = "policy",
         request_id: str | None = None,
         routing_key: str | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[RequestOutput]:
         """Stream one single-sequence request (`params.n == 1`) and charge its cost to `meter`
         however it ends. `routing_key` groups calls that share a prefix (one tree, one
         sequence) so a replicated engine sends them to one replica's prefix cache; the
-        in-process engine ignores it. Cancelling the iteration aborts the request."""
+        in-process engine ignores it. `priority` is vLLM's (lower runs first) for engines that
+        schedule by priority. Cancelling the iteration aborts the request."""
         ...
 
     async def check_health(self) -> None:

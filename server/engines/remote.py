@@ -254,9 +254,15 @@ class RemoteEngine:
         component: Component = "policy",
         request_id: str | None = None,
         routing_key: str | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[RequestOutput]:
         """One engine call as one streamed completion; failed over to another replica (sent
-        again whole) when its replica fails before anything was yielded."""
+        again whole) when its replica fails before anything was yielded.
+
+        `priority` is not forwarded: a replica started without `--scheduling-policy priority`
+        refuses any non-zero priority, and the gateway cannot see how replicas were started;
+        the REBASE scheduler's own order of submission still applies (docs/scaling.md)."""
+        del priority
         if params.n != 1:
             raise ValueError("RemoteEngine.generate runs one sequence; fan out n in the method")
         request_id = request_id or engine_request_id()

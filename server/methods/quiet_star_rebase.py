@@ -54,7 +54,10 @@ class QuietStarRebase(Rebase):
         stops: list[str],
         seed: int | None,
         routing_key: str | None = None,
+        priority: int = 0,
     ) -> GeneratedStep:
+        # `priority` (vLLM's) is not passed on: the Quiet-STaR decoder makes one engine request
+        # per token, so the gateway-side order of the REBASE scheduler is what ranks its work.
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         decoder = QuietStarDecoder(
             ctx, params, inp.sampling, seed_base=seed or 0, routing_key=routing_key

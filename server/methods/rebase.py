@@ -4,12 +4,19 @@ The algorithm is `server.rebase.search.rebase_search`; this file supplies its tw
 `expand` (sample k next steps of a node: one engine sequence each, through the cross-request
 scheduler, children share the node's token prefix) and `score` (the PRM's reward of each new
 node's last step), then votes over the leaves and reports tree statistics.
+
+With the `priority` scheduler (docs/architecture.md, "The scheduler") each child is scored as
+soon as its own step is generated (a CPU reward inline, a PRM engine under its own bound), so
+only the allocation waits for the whole level; expansions carry a latency rank (vLLM's
+`priority` too) and a KV-block cost. The trees are the same: seeds are drawn in submission
+order, before any job runs, and a node's score depends on its path only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -25,8 +32,9 @@ from server.limits import RequestWork
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
 from server.methods.streams import merge_streams
 from server.rebase.aggregation import aggregate, voting_leaves
+from server.rebase.kv import KvUsageReader, engine_kv_layout, expansion_cost
 from server.rebase.params import RebaseParams
-from server.rebase.scheduler import DirectScheduler, ExpansionScheduler
+from server.rebase.scheduler import DirectScheduler, ExpansionScheduler, PriorityScheduler
 from server.rebase.search import SearchResult, rebase_search
 from server.rebase.steps import StepFormat
 from server.rebase.tree import Node, root_node
@@ -83,10 +91,12 @@ class Rebase(Method):
         stops: list[str],
         seed: int | None,
         routing_key: str | None = None,
+        priority: int = 0,
     ) -> GeneratedStep:
         """One step: plain sampling up to a stop string (kept in the text) or `max_tokens`.
         Subclasses decode steps differently (quiet_star+rebase thinks). `routing_key` is the
-        tree's: all its calls share one replica's prefix cache (docs/scaling.md)."""
+        tree's: all its calls share one replica's prefix cache (docs/scaling.md). `priority`
+        is vLLM's (lower runs first; it matters only with the engine's priority policy)."""
         params = inp.sampling.to_vllm(
             max_tokens=max_tokens,
             stop=stops,
@@ -98,7 +108,12 @@ class Rebase(Method):
         final = None
         request_id = engine_request_id(ctx.request_id)
         async for output in ctx.engine.generate(
-            prompt, params, ctx.meter, request_id=request_id, routing_key=routing_key
+            prompt,
+            params,
+            ctx.meter,
+            request_id=request_id,
+            routing_key=routing_key,
+            priority=priority,
         ):
             final = output
         out = final.outputs[0]
@@ -145,30 +160,58 @@ class _Tree:
         self._seeds = itertools.count(seed * 1_000_003 if seed is not None else 0)
         self.tree_tokens = 0
         self.reward_calls = 0
+        # `priority` scheduler: score each child when its step is done; rank by request age.
+        self.eager = isinstance(self.scheduler, PriorityScheduler)
+        self._scored: set[int] = set()  # ids of nodes already scored eagerly
+        self.started = time.monotonic()
+        self.kv_layout = engine_kv_layout(ctx.engine) if self.eager else None
 
     # -- expand: k continuations of each node, one engine sequence each ------------------
     async def expand(self, requests: Sequence[tuple[Node, int]]) -> list[Node]:
-        jobs = [
-            self._generate_step(node, next(self._seeds)) for node, k in requests for _ in range(k)
-        ]
+        # Seeds are drawn here, in request order, before any job runs: the same tree
+        # whatever order the engine finishes the steps in.
+        jobs = [self._expand_one(node, next(self._seeds)) for node, k in requests for _ in range(k)]
         return list(await asyncio.gather(*jobs))
+
+    async def _expand_one(self, node: Node, seed: int) -> Node:
+        child = await self._generate_step(node, seed)
+        if self.eager:  # no level barrier before scoring (the reference scores per fork)
+            await self._score_now([child])
+            self._scored.add(id(child))
+        return child
+
+    def _rank(self, depth: int) -> tuple[float, int]:
+        """Older requests first, then deeper levels (closer to the tree's end)."""
+        return (self.started, -depth)
+
+    def _engine_priority(self) -> int:
+        """vLLM's priority (lower first): the tree's start in ms, so older requests win the
+        engine's queue and are the last it preempts."""
+        return int(self.started * 1000) % 2**31
 
     async def _generate_step(self, node: Node, seed: int) -> Node:
         depth = node.depth + 1
         remaining = self.inp.sampling.max_tokens - node.path_tokens
         prompt = self.inp.prompt_token_ids + self.root.token_ids + node.path_token_ids()
+        max_tokens = max(1, min(self.params.max_step_tokens, remaining))
+        kv = None
+        if self.kv_layout is not None:
+            kv = expansion_cost(node, len(prompt), max_tokens, self.kv_layout[1])
         step = await self.scheduler.run(
             self.ctx.fairness_key,
             lambda: self.method.generate_step(
                 self.ctx,
                 self.inp,
                 prompt,
-                max_tokens=max(1, min(self.params.max_step_tokens, remaining)),
+                max_tokens=max_tokens,
                 stops=self.format.stop_strings(depth),
                 seed=seed if self.inp.sampling.seed is not None else None,
                 routing_key=self.tree_id,
+                priority=self._engine_priority() if self.eager else 0,
             ),
             self.method.name,
+            rank=self._rank(depth),
+            kv=kv,
         )
         self.tree_tokens += len(step.token_ids)
         path_tokens = node.path_tokens + len(step.token_ids)
@@ -192,12 +235,29 @@ class _Tree:
 
     # -- score: reward of each new node = PRM score of its last step -----------------------
     async def score(self, nodes: Sequence[Node]) -> None:
+        """The search's level-wide scoring call: only nodes not yet scored eagerly."""
+        pending = [node for node in nodes if id(node) not in self._scored]
+        self._scored.difference_update(id(node) for node in nodes)
+        if pending:
+            await self._score_now(pending)
+
+    async def _score_now(self, nodes: Sequence[Node]) -> None:
         steps_batch = [node.steps() for node in nodes]
 
         async def job():
             return await self.reward.score(self.inp.prompt_text, steps_batch, meter=self.ctx.meter)
 
-        scores = await self.scheduler.run(self.ctx.fairness_key, job, self.method.name)
+        if not self.eager:
+            scores = await self.scheduler.run(self.ctx.fairness_key, job, self.method.name)
+        elif self.reward.name == "arithmetic":  # microseconds on the CPU: no slot to wait for
+            scores = await job()
+        elif self.reward.name == "vllm_prm":  # its own engine: its own bound, not policy slots
+            async with prm_bound(self.ctx):
+                scores = await job()
+        else:  # the policy judge runs on the policy engine: it takes a policy slot
+            scores = await self.scheduler.run(
+                self.ctx.fairness_key, job, self.method.name, rank=self._rank(nodes[0].depth)
+            )
         self.reward_calls += 1
         metrics.REWARD_CALLS.labels(self.method.name, self.reward.name).inc()
         for node, path_scores in zip(nodes, scores, strict=True):
@@ -252,6 +312,16 @@ def _count(items) -> dict[str, int]:
     return counts
 
 
+def prm_bound(ctx: MethodContext) -> asyncio.Semaphore:
+    """The process-wide bound on PRM-engine scoring calls of the `priority` scheduler."""
+    bound = ctx.shared.get("rebase_prm_bound")
+    if bound is None:
+        bound = ctx.shared["rebase_prm_bound"] = asyncio.Semaphore(
+            ctx.settings.rebase_prm_max_in_flight
+        )
+    return bound
+
+
 def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
     """The process-wide scheduler that all trees share (created on first use); the
     `thinkscale_rebase_jobs_in_flight` gauge reads its slot count."""
@@ -259,6 +329,17 @@ def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
     if scheduler is None:
         if ctx.settings.rebase_scheduler == "direct":
             scheduler = DirectScheduler()
+        elif ctx.settings.rebase_scheduler == "priority":
+            layout = engine_kv_layout(ctx.engine)
+            scheduler = PriorityScheduler(
+                ctx.settings.rebase_max_in_flight,
+                lambda method, queued: metrics.QUEUE_DEPTH.labels(method).set(queued),
+                kv_blocks=layout[0] if layout else None,
+                kv_usage=KvUsageReader(),
+                kv_watermark=ctx.settings.rebase_kv_watermark,
+                on_defer=metrics.REBASE_KV_DEFERRALS.inc,
+            )
+            metrics.REBASE_KV_RESERVED.set_function(lambda: scheduler.reserved_blocks)
         else:
             scheduler = ExpansionScheduler(
                 # per replica (docs/scaling.md): more replicas take more jobs at once

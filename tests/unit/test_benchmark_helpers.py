@@ -91,6 +91,7 @@ def test_uncached_tail_and_expected_forward() -> None:
 
 def test_parse_config() -> None:
     assert parse_config("fair8") == ("fair", 8) and parse_config("direct16") == ("direct", 16)
+    assert parse_config("priority16") == ("priority", 16)
     with pytest.raises(ValueError):
         parse_config("fast8")
 
@@ -115,3 +116,41 @@ def test_gateway_overhead_summary_is_median_over_rounds_and_ratio_of_medians() -
     assert s["ratio"] == pytest.approx(1.1 / 1.2)
     text = tables({"summary": {"client": summary(sessions, "client")}})["gateway_overhead.client"]
     assert "| req/s | 1.200 (1.000–5.000) | 1.100 (0.900–1.200) | 0.917 |" in text
+
+
+def _scheduler_session(side: str, rnd: int, ppm: float, p50: float) -> dict:
+    return {
+        "side": side,
+        "round": rnd,
+        "load": "closed",
+        "problems_per_minute": ppm,
+        "latency_p50_s": p50,
+        "latency_p95_s": p50 * 1.5,
+        "accuracy": 0.25,
+        "occupancy": 0.5,
+        "trees": {"cache_hit_fraction": 0.8, "flops_executed": 2e12, "ok": 2},
+        "engine_cache_hit_fraction": 0.7,
+        "engine_counters": {"vllm:num_preemptions_total": 3.0},
+    }
+
+
+def test_rebase_scheduler_table_reports_latency_occupancy_and_ratios() -> None:
+    from loadtest.benchmarks.rebase_bench import percentile, tables
+
+    assert percentile([], 0.5) is None and percentile([4.0], 0.95) == 4.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.5) == 3.0
+    sessions = [
+        _scheduler_session(side, rnd, ppm, p50)
+        for rnd in (1, 2, 3)
+        for side, ppm, p50 in (("priority16", 13.0, 120.0), ("direct16", 10.0, 300.0),
+                               ("fair16", 11.0, 280.0))
+    ]  # fmt: skip
+    text = tables({"benchmark": "rebase_throughput", "sessions": sessions})["rebase_throughput"]
+    header = text.splitlines()[0]
+    for column in ("p50 latency (s)", "p95 latency (s)", "preemptions", "batch occupancy",
+                   "accuracy", "TFLOPs / question"):  # fmt: skip
+        assert column in header
+    assert "| priority16 | 13.00 | 120.0 | 180.0 | 3 |" in text
+    assert "- scheduler, priority16 / direct16: problems/min 1.30x, p50 latency 0.40x" in text
+    assert "- scheduler, priority16 / fair16: problems/min 1.18x, p50 latency 0.43x" in text
+    assert "- scheduler, fair16 / direct16" in text

@@ -89,6 +89,15 @@ def test_engine_args_bound_the_cpu_kv_cache(monkeypatch, tiny_model_dir) -> None
     assert args.block_size == 32
 
 
+def test_engine_runs_vllm_priority_scheduling_only_for_the_priority_rebase_scheduler(
+    monkeypatch, tiny_model_dir
+) -> None:
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    for scheduler, policy in (("priority", "priority"), ("fair", "fcfs"), ("direct", "fcfs")):
+        settings = resolve_hardware_defaults(Settings(device="cpu", rebase_scheduler=scheduler))
+        assert build_engine_args(settings, str(tiny_model_dir)).scheduling_policy == policy
+
+
 class CharTokenizer:
     """One token per byte, decoded as UTF-8 with replacement, like a byte-level BPE."""
 

@@ -159,7 +159,7 @@ class _RecordingScheduler:
     def __init__(self) -> None:
         self.keys: list[str] = []
 
-    async def run(self, key: str, job, label: str = ""):
+    async def run(self, key: str, job, label: str = "", **_ordering):
         self.keys.append(key)
         return await job()
 
@@ -168,7 +168,7 @@ class _OneStepRebase(Rebase):
     """Every step states an answer at once, so each tree is one level (no engine)."""
 
     async def generate_step(
-        self, ctx, inp, prompt, *, max_tokens, stops, seed, routing_key=None
+        self, ctx, inp, prompt, *, max_tokens, stops, seed, routing_key=None, priority=0
     ) -> GeneratedStep:
         return GeneratedStep([5, 6], "The answer is 7", "length", None)
 
