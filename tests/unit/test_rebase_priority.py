@@ -21,6 +21,7 @@ from server.rebase.scheduler import (
     KvCost,
     PriorityScheduler,
 )
+from server.resources import Resources
 
 
 async def _job(log: list, name: str, gate: asyncio.Event) -> str:
@@ -171,7 +172,9 @@ class _FakeStepRebase(Rebase):
     """Steps are a pure function of (prompt, seed), as seeded sampling is; each takes a
     seed-dependent time, so steps finish in a different order from the one they started in."""
 
-    async def generate_step(self, ctx, inp, prompt, *, max_tokens, stops, seed, priority=0):
+    async def generate_step(
+        self, ctx, inp, prompt, *, max_tokens, stops, seed, routing_key=None, priority=0
+    ):
         digest = hashlib.sha256(f"{prompt}|{seed}".encode()).digest()
         await asyncio.sleep(digest[0] / 255 * 0.004)
         a, b = digest[1] % 9, digest[2] % 9
@@ -202,7 +205,7 @@ def _trees(scheduler) -> list:
             settings=Settings(),
             request_id=f"cmpl-{request}-p0",
             http_request_id=f"cmpl-{request}",
-            shared={"rebase_scheduler": scheduler},
+            resources=Resources(rebase_scheduler=scheduler),
         )
         choices = sorted(
             [(d.index, d.text, d.token_ids) async for d in _FakeStepRebase().run(ctx, inp)]
