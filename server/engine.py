@@ -22,6 +22,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
 from kernels.quiet_star import checkpoint as quiet_star_checkpoint
 from kernels.quiet_star.plugin import register as register_quiet_star_model
+from kernels.quiet_star.scheduler import SCHEDULER_FQCN as QUIET_STAR_SCHEDULER
 from server.config import Settings
 from server.flops import FlopsModel
 from server.tracing import engine_request_id
@@ -48,6 +49,7 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         # Our Quiet-STaR processor implements the V1 model-runner interface (the one vLLM
         # always uses on CPU); pin it on GPU too, where Model Runner V2 is the default.
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+    continuation = settings.quiet_star_engine == "continuation"
     return AsyncEngineArgs(
         model=model_path,
         hf_overrides=quiet_star_overrides(settings, model_path) or {},
@@ -65,6 +67,13 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         seed=settings.seed,
         disable_log_stats=False,  # keeps vLLM's own vllm:* Prometheus series
         logits_processors=[QUIET_STAR_PROCESSOR],
+        # Quiet-STaR continuation rolls each token's thought back (kernels/quiet_star/
+        # scheduler.py); its rollback needs synchronous scheduling (the CPU default anyway).
+        **(
+            {"scheduler_cls": QUIET_STAR_SCHEDULER, "async_scheduling": False}
+            if continuation
+            else {}
+        ),
     )
 
 
@@ -102,6 +111,8 @@ class Engine:
     model_path: str
     max_model_len: int
     flops: FlopsModel
+    # quiet_star: one engine request per sequence (the continuation scheduler) or per token
+    quiet_star_continuation: bool = True
 
     @classmethod
     def start(cls, settings: Settings) -> Engine:
@@ -115,6 +126,7 @@ class Engine:
             model_path=model_path,
             max_model_len=llm.model_config.max_model_len,
             flops=FlopsModel.from_hf_config(llm.model_config.hf_config),
+            quiet_star_continuation=settings.quiet_star_engine == "continuation",
         )
 
     def shutdown(self) -> None:
