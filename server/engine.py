@@ -154,6 +154,7 @@ class Engine:
         *,
         component: Component = "policy",
         request_id: str | None = None,
+        rollback_steps: int | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream the outputs of one single-sequence engine request, then charge its cost.
 
@@ -179,6 +180,7 @@ class Engine:
                 cached_tokens=cached_tokens,
                 generated_tokens=generated_tokens,
                 component=component,
+                rollback_steps=rollback_steps,  # Quiet-STaR continuation: positions roll back
             )
 
     async def num_unfinished_requests(self) -> int:

@@ -217,7 +217,11 @@ class QuietStarDecoder:
         produced = 0
         finish = None
         async for output in self.ctx.engine.generate(
-            context_ids, params, self.ctx.meter, request_id=engine_request_id(self.ctx.request_id)
+            context_ids,
+            params,
+            self.ctx.meter,
+            request_id=engine_request_id(self.ctx.request_id),
+            rollback_steps=steps,
         ):
             completion = output.outputs[0]
             finish = completion.finish_reason

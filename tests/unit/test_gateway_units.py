@@ -89,6 +89,19 @@ def test_engine_args_bound_the_cpu_kv_cache(monkeypatch, tiny_model_dir) -> None
     assert args.block_size == 32
 
 
+@pytest.mark.parametrize("engine", ["continuation", "per_token"])
+def test_engine_args_install_the_quiet_star_scheduler_for_continuation(
+    engine, tiny_model_dir
+) -> None:
+    settings = resolve_hardware_defaults(Settings(device="cpu", quiet_star_engine=engine))
+    args = build_engine_args(settings, str(tiny_model_dir))
+    if engine == "continuation":
+        assert args.scheduler_cls == "kernels.quiet_star.scheduler.QuietStarScheduler"
+        assert args.async_scheduling is False  # the rollback needs synchronous scheduling
+    else:
+        assert args.scheduler_cls is None
+
+
 class CharTokenizer:
     """One token per byte, decoded as UTF-8 with replacement, like a byte-level BPE."""
 
