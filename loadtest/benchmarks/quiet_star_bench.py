@@ -438,7 +438,6 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--max-tokens", type=int, default=32)
     common.add_argument("--t", type=int, default=4, help="thought tokens (methods, coherence)")
     common.add_argument("--questions", type=int, default=4)
-    common.add_argument("--concurrency", type=int, default=8)
     for name in ("forward", "speed", "methods", "coherence"):
         sub.add_parser(name, parents=[common], add_help=False, conflict_handler="resolve")
     sp = sub.choices
@@ -453,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     sp["speed"].add_argument(
         "--hf-caches", nargs="+", choices=["crop", "thought", "none"], default=["crop", "none"]
     )
+    sp["methods"].add_argument("--concurrency", type=int, default=8)
     sp["methods"].add_argument("--width", type=int, default=4)
     sp["methods"].add_argument("--max-step-tokens", type=int, default=16)
     sp["coherence"].add_argument(

@@ -35,8 +35,12 @@ def generate(http: httpx.Client, **overrides) -> dict:
     return response.json()
 
 
-def metric(samples: dict[str, float], prefix: str) -> float:
-    return sum(v for k, v in samples.items() if k.startswith(prefix))
+def metric(samples: dict[str, float], name: str, label: str = "") -> float:
+    """The sum of a series over its labels (those containing `label`, e.g. 'source="x"')."""
+    return sum(v for k, v in samples.items() if k.startswith(name) and label in k)
+
+
+LOCAL = ("vllm:prompt_tokens_by_source_total", 'source="local_compute"')
 
 
 def counters_after(http: httpx.Client, before: float, name: str, timeout: float = 30) -> float:
@@ -63,15 +67,12 @@ def per_token_http(tiny_model_dir, tmp_path_factory) -> Iterator[httpx.Client]:
 @pytest.mark.parametrize("t", [0, 3, 8])
 def test_vllm_counts_exactly_t_plus_3_positions_per_output_token(http, t) -> None:
     before = scrape_metrics(http)
-    prompt_before = metric(before, 'vllm:prompt_tokens_by_source_total{source="local_compute"')
+    prompt_before = metric(before, *LOCAL)
     body = generate(http, max_tokens=7, quiet_star={"thought_tokens": t, "mixing_weight": 0.5})
     generated = counters_after(http, metric(before, GENERATION), GENERATION) - metric(
         before, GENERATION
     )
-    prompt_computed = (
-        metric(scrape_metrics(http), 'vllm:prompt_tokens_by_source_total{source="local_compute"')
-        - prompt_before
-    )
+    prompt_computed = metric(scrape_metrics(http), *LOCAL) - prompt_before
     usage = body["usage"]
     assert usage["completion_tokens"] == 7
     assert usage["engine_calls"] == 1  # one engine request for the whole sequence
