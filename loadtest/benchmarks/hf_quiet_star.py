@@ -300,7 +300,10 @@ def run(
     loaded = time.perf_counter()
     hf = HFQuietStar(model_path, settings, cache=cache)
     load_s = time.perf_counter() - loaded
-    hf.generate(prompts[0], 2, seed=seed)  # warm-up (allocator, kernels), not counted
+    if cache == "crop":  # warm-up (allocator, kernels), not counted
+        hf.generate_batch(prompts[:batch], 2, seed=seed)
+    else:
+        hf.generate(prompts[0], 2, seed=seed)
     sequences = []
     total_s = 0.0
     if cache == "crop":
