@@ -370,7 +370,7 @@ def tables(payload: dict[str, Any]) -> dict[str, str]:
         header = [
             "engine",
             "t",
-            "steps (t + 3)",
+            "steps (s + t + e + 1)",
             "engine calls / request",
             "fwd / token (vLLM counters)",
             "analytic",
@@ -443,7 +443,9 @@ def main(argv: list[str] | None = None) -> None:
     sp = sub.choices
     for name in ("forward", "speed"):
         sp[name].add_argument("--thought-tokens", type=int, nargs="+", default=[4, 8])
-        sp[name].add_argument("--delimiters", default="default")
+        # one-token delimiters: a step is exactly t + 3 tokens ("default": the gateway's
+        # multi-token strings on models without thought tokens, s + t + e + 1)
+        sp[name].add_argument("--delimiters", default=ONE_TOKEN_DELIMITERS)
         sp[name].add_argument(
             "--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="gateway sides"
         )
