@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         "embed('---') as the released eval script does, 'trained' = the checkpoint's "
         "start/end_embedding, 'vocab' = its embed_tokens rows (docs/quiet_star.md).",
     )
+    quiet_star_engine: Literal["continuation", "per_token"] = Field(
+        "continuation",
+        description="How quiet_star decodes: 'continuation' = one engine request per sequence, "
+        "each token's thought rolled back by our scheduler (t + 3 positions per token); "
+        "'per_token' = one engine request per output token (kept to compare against; "
+        "docs/quiet_star.md).",
+    )
     seed: int = 0
 
     # --- remote engine (docs/scaling.md) ------------------------------------------------

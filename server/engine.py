@@ -22,6 +22,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
 from kernels.quiet_star import checkpoint as quiet_star_checkpoint
 from kernels.quiet_star.plugin import register as register_quiet_star_model
+from kernels.quiet_star.scheduler import SCHEDULER_FQCN as QUIET_STAR_SCHEDULER
 from server.config import Settings
 from server.flops import FlopsModel
 from server.tracing import engine_request_id
@@ -48,6 +49,7 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         # Our Quiet-STaR processor implements the V1 model-runner interface (the one vLLM
         # always uses on CPU); pin it on GPU too, where Model Runner V2 is the default.
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+    continuation = settings.quiet_star_engine == "continuation"
     return AsyncEngineArgs(
         model=model_path,
         hf_overrides=quiet_star_overrides(settings, model_path) or {},
@@ -68,6 +70,13 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         # The REBASE priority scheduler passes `priority=` per engine request (lower first);
         # vLLM honours it, and preempts the lowest priority first, only under this policy.
         scheduling_policy="priority" if settings.rebase_scheduler == "priority" else "fcfs",
+        # Quiet-STaR continuation rolls each token's thought back (kernels/quiet_star/
+        # scheduler.py); its rollback needs synchronous scheduling (the CPU default anyway).
+        **(
+            {"scheduler_cls": QUIET_STAR_SCHEDULER, "async_scheduling": False}
+            if continuation
+            else {}
+        ),
     )
 
 
@@ -106,6 +115,8 @@ class Engine:
     model_path: str
     max_model_len: int
     flops: FlopsModel
+    # quiet_star: one engine request per sequence (the continuation scheduler) or per token
+    quiet_star_continuation: bool = True
 
     @classmethod
     def start(cls, settings: Settings) -> Engine:
@@ -119,6 +130,7 @@ class Engine:
             model_path=model_path,
             max_model_len=llm.model_config.max_model_len,
             flops=FlopsModel.from_hf_config(llm.model_config.hf_config),
+            quiet_star_continuation=settings.quiet_star_engine == "continuation",
         )
 
     def shutdown(self) -> None:
@@ -167,6 +179,7 @@ class Engine:
         request_id: str | None = None,
         routing_key: str | None = None,  # one engine: nothing to route
         priority: int = 0,
+        rollback_steps: int | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream the outputs of one single-sequence engine request, then charge its cost.
 
@@ -192,6 +205,7 @@ class Engine:
                 cached_tokens=cached_tokens,
                 generated_tokens=generated_tokens,
                 component=component,
+                rollback_steps=rollback_steps,  # Quiet-STaR continuation: positions roll back
             )
 
     async def num_unfinished_requests(self) -> int:

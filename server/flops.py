@@ -478,6 +478,7 @@ class FlopsModel:
         generated_tokens: int,
         *,
         prompt_logits: Literal["last", "all"] = "last",
+        rollback_steps: int | None = None,
     ) -> RequestFlops:
         """FLOPs of one vLLM generation request: P prompt tokens, G generated tokens.
 
@@ -492,8 +493,34 @@ class FlopsModel:
         request was aborted after prefill, or only scored) leaves the prefill alone.
         ``prompt_logits="all"`` charges logits at every computed prompt position
         (``prompt_logprobs``). See ``prefill_flops`` for the cached-token clamp.
+        ``rollback_steps``: a Quiet-STaR continuation request (see ``rolled_back_decode_flops``).
         """
         _check_non_negative(generated_tokens=generated_tokens)
         prefill = self.prefill_flops(prompt_tokens, cached_tokens, logits=prompt_logits)
-        decode = self.span_flops(prompt_tokens, max(generated_tokens - 1, 0))
+        if rollback_steps:
+            decode = self.rolled_back_decode_flops(prompt_tokens, generated_tokens, rollback_steps)
+        else:
+            decode = self.span_flops(prompt_tokens, max(generated_tokens - 1, 0))
         return prefill + RequestFlops(decode, decode)
+
+    def rolled_back_decode_flops(
+        self, prompt_tokens: int, generated_tokens: int, steps: int
+    ) -> int:
+        """Decode FLOPs of a Quiet-STaR continuation request (kernels/quiet_star/scheduler.py):
+        every `steps` generated tokens (start, thought, end, talk) the thought is rolled back,
+        so output token k's positions are ``[P + k - 1, P + k + steps - 1)`` (the first one, the
+        previous talk token, is the prompt's last position for k = 0): the same G - 1 positions
+        as a plain generation, at shorter contexts."""
+        if steps < 1:
+            raise ValueError("steps must be >= 1")
+        fed = max(generated_tokens - 1, 0)
+        count = min(fed, steps - 1)
+        flops = self.span_flops(prompt_tokens, count)
+        fed -= count
+        k = 1
+        while fed > 0:
+            count = min(fed, steps)
+            flops += self.span_flops(prompt_tokens + k - 1, count)
+            fed -= count
+            k += 1
+        return flops

@@ -45,8 +45,10 @@ class UsageMeter:
         cached_tokens: int,
         generated_tokens: int,
         component: Component = "policy",
+        rollback_steps: int | None = None,
     ) -> None:
-        """Charge one finished (or aborted) generation call of the policy or a generative judge."""
+        """Charge one finished (or aborted) generation call of the policy or a generative judge
+        (`rollback_steps`: a Quiet-STaR continuation request, FlopsModel.request_flops)."""
         model = self._model_for(component)
         cost = self.components.setdefault(component, ComponentCost())
         cost.engine_calls += 1
@@ -57,7 +59,7 @@ class UsageMeter:
         # is fed back (the last one is sampled and never run through the model).
         cost.forward_tokens += prompt_tokens - cached_tokens + max(generated_tokens - 1, 0)
         cost.flops = cost.flops + model.request_flops(
-            prompt_tokens, cached_tokens, generated_tokens
+            prompt_tokens, cached_tokens, generated_tokens, rollback_steps=rollback_steps
         )
 
     def record_prefill(

@@ -1,7 +1,10 @@
 """The Quiet-STaR logits processor (vLLM V1 model-runner interface).
 
-One engine request = one Quiet-STaR token. The request's step is the length of its output so
-far, which drives a small state machine per batch row:
+The model runner sees one Quiet-STaR token per request: either one engine request per token
+(the per-token path) or, with the continuation scheduler (kernels/quiet_star/scheduler.py), a
+sequence's request re-announced to the runner after each talk token with the visible text as its
+prompt. Either way the step is the length of the request's output so far in the runner, which
+drives a small state machine per batch row:
 
 | step (phase)  | this row's logits become                                             |
 |---------------|----------------------------------------------------------------------|
@@ -71,6 +74,7 @@ class _Saved:
 class _Row:
     spec: QuietStarSpec
     output_ids: list[int]  # vLLM's live list: its length is the request's step
+    context: int = 0  # prompt length in the runner (continuation: the visible text)
 
 
 class QuietStarLogitsProcessor(LogitsProcessor):
@@ -81,6 +85,8 @@ class QuietStarLogitsProcessor(LogitsProcessor):
         spec = QuietStarSpec.from_extra_args(sampling_params.extra_args)
         if spec is None:
             return
+        if spec.continuation:
+            return  # a whole sequence: the scheduler rolls each token's thought back
         if sampling_params.max_tokens is not None and sampling_params.max_tokens > spec.steps:
             raise ValueError(f"a Quiet-STaR request runs at most {spec.steps} steps (t + 3)")
 
@@ -97,11 +103,11 @@ class QuietStarLogitsProcessor(LogitsProcessor):
             return
         for index in batch_update.removed:
             self._drop_row(index)
-        for index, params, _prompt_ids, output_ids in batch_update.added:
+        for index, params, prompt_ids, output_ids in batch_update.added:
             self._drop_row(index)
             spec = QuietStarSpec.from_extra_args(params.extra_args) if params else None
             if spec is not None:
-                self.rows[index] = _Row(spec, output_ids)
+                self.rows[index] = _Row(spec, output_ids, len(prompt_ids or ()))
         for a, b, direction in batch_update.moved:
             row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
             if row_a is not None:
@@ -191,10 +197,11 @@ class QuietStarLogitsProcessor(LogitsProcessor):
 
         w = self._mixing_weights(logits, idx, ready, saved, per_row("mixing_weight"))
         banned = None
-        if any(row.spec.talk_banned_token_ids for _, row in ready):
+        talk_banned = [_talk_banned(row) for _, row in ready]
+        if any(talk_banned):
             banned = torch.zeros(len(ready), logits.shape[1], dtype=torch.bool)
-            for k, (_, row) in enumerate(ready):
-                banned[k, list(row.spec.talk_banned_token_ids)] = True
+            for k, ids in enumerate(talk_banned):
+                banned[k, list(ids)] = True
             banned = banned.to(logits.device)
         logits[idx] = tensor_ops.talk_logits(
             base,
@@ -236,6 +243,16 @@ class QuietStarLogitsProcessor(LogitsProcessor):
         idx = torch.tensor([i for i, _ in rows], device=logits.device)
         targets = torch.tensor(token_ids, device=logits.device)
         logits[idx] = tensor_ops.force_tokens(logits[idx], targets)
+
+
+def _talk_banned(row: _Row) -> tuple[int, ...]:
+    """Ids the talk token cannot be; a continuation request also bans its stop ids until
+    `min_tokens` talk tokens follow the original context (the visible text is the runner's
+    prompt there, so its length counts the talk tokens so far)."""
+    spec = row.spec
+    if spec.continuation and row.context - spec.context_len < spec.min_tokens:
+        return (*spec.talk_banned_token_ids, *spec.stop_token_ids)
+    return spec.talk_banned_token_ids
 
 
 def _pad(ids: tuple[int, ...], width: int) -> list[int]:

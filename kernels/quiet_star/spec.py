@@ -11,7 +11,13 @@ from dataclasses import asdict, dataclass
 
 EXTRA_ARGS_KEY = "quiet_star"
 MIXING_SOURCES = ("head", "request")
-_ID_TUPLES = ("start_token_ids", "end_token_ids", "banned_token_ids", "talk_banned_token_ids")
+_ID_TUPLES = (
+    "start_token_ids",
+    "end_token_ids",
+    "banned_token_ids",
+    "talk_banned_token_ids",
+    "stop_token_ids",
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,15 @@ class QuietStarSpec:
     talk_banned_token_ids: tuple[int, ...] = ()  # never the talk token (thought/added ids)
     top_k: int = 0  # the user's, applied to the talk token (0 = off)
     min_p: float = 0.0
+    # Continuation (kernels/quiet_star/scheduler.py): one engine request per sequence, rolled
+    # back after every talk token, instead of one engine request per output token.
+    continuation: bool = False
+    # Continuation only: while fewer than `min_tokens` talk tokens follow the first
+    # `context_len` tokens, the talk token cannot be one of `stop_token_ids` (the per-token
+    # path bans them through `talk_banned_token_ids` instead).
+    context_len: int = 0
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
 
     @property
     def steps(self) -> int:
@@ -98,5 +113,7 @@ class QuietStarSpec:
             raise ValueError("top_p must be in (0, 1]")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError("min_p must be in [0, 1]")
+        if self.min_tokens < 0 or self.context_len < 0:
+            raise ValueError("quiet_star.min_tokens and context_len must be >= 0")
         if self.mixing_source not in MIXING_SOURCES:
             raise ValueError(f"quiet_star.mixing_source must be one of {MIXING_SOURCES}")

@@ -14,15 +14,19 @@ uses (``kernels.quiet_star.tensor_ops``), and the delimiters are resolved by the
 rule (``server.quiet_star.delimiters``), so both sides compute the same distributions; only
 the random streams differ (torch's generator vs vLLM's per-request seeds).
 
-Two cache modes (``--cache``):
+Three cache modes (``--cache``):
 
-* ``thought`` (default, the generous baseline): the KV cache lives *within* one output token's
-  thought (one full-context forward, then one forward per thought token); it is dropped before
-  the next output token. ``t + 2`` model calls per output token, one of them over the context.
+* ``crop`` (the strong baseline): the KV cache is kept across output tokens and cropped back
+  (``DynamicCache.crop``) after each talk token, ``--batch`` sequences decoded in lockstep
+  (left-padded): per output token one call for ``[talk, start]``, one per thought token, the
+  last with ``end``: ``t + 3`` positions, ``t + 1`` calls.
+* ``thought``: the KV cache lives *within* one output token's thought (one full-context
+  forward, then one forward per thought token); it is dropped before the next output token.
+  ``t + 2`` model calls per output token, one of them over the context. Batch 1.
 * ``none``: every model call re-runs the whole sequence (context + thought so far), as a
-  cache-less reference would: ``t + 2`` full-context forwards per output token.
+  cache-less reference would: ``t + 2`` full-context forwards per output token. Batch 1.
 
-float32 on the CPU, ``torch.set_num_threads(2)``, one request at a time (batch 1).
+float32 on the CPU, ``torch.set_num_threads(2)``.
 
     python -m loadtest.benchmarks.hf_quiet_star --questions 2 --max-tokens 16 --out /tmp/r.json
 
@@ -38,13 +42,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from kernels.quiet_star import tensor_ops
 from loadtest.harness import cli
 from loadtest.harness.results import spread, write_result
 from loadtest.harness.servers import EngineSettings
 from server.quiet_star.delimiters import resolve_delimiters
+
+CACHE_MODES = ("crop", "thought", "none")
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,8 @@ class HFQuietStar:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         self.model.eval()
         self.settings = settings
-        if cache not in ("thought", "none"):
-            raise ValueError("cache must be 'thought' or 'none'")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}")
         self.cache = cache
         self.start_ids, self.end_ids = resolve_delimiters(
             self.tokenizer, settings.start_token, settings.end_token
@@ -175,6 +181,92 @@ class HFQuietStar:
         seq.text = self.tokenizer.decode(seq.token_ids, skip_special_tokens=True)
         return seq
 
+    # -- a batch in lockstep, KV cache kept and cropped --------------------------------------
+    @torch.inference_mode()
+    def generate_batch(
+        self, prompts: Sequence[str], max_tokens: int, seed: int = 0
+    ) -> list[HFSequence]:
+        """Decode `prompts` together, one output token per round for every sequence (fixed
+        length: EOS is never checked, as with `ignore_eos`). The wall time of the batch is
+        every sequence's `seconds`."""
+        s = self.settings
+        ids = [list(self.tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
+        width, batch = max(len(i) for i in ids), len(ids)
+        pad = self.eos if self.eos is not None else 0
+        pads = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+        mask = torch.zeros(batch, 0, dtype=torch.long)  # grows with the cache
+        gen = torch.Generator().manual_seed(seed)
+        cache = DynamicCache()
+        calls = positions = 0
+        start = time.perf_counter()
+
+        def forward(tokens: torch.Tensor, new_mask: torch.Tensor | None = None) -> torch.Tensor:
+            """Run `tokens` [batch, n] after the cache; logits of every new position."""
+            nonlocal mask, calls, positions
+            new_mask = torch.ones_like(tokens) if new_mask is None else new_mask
+            mask = torch.cat([mask, new_mask], dim=1)
+            pos = mask.cumsum(-1)[:, -tokens.shape[1] :] - 1
+            out = self.model(
+                input_ids=tokens,
+                attention_mask=mask,
+                position_ids=pos.clamp(min=0),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            calls, positions = calls + 1, positions + tokens.shape[1] * batch
+            return out.logits.float()
+
+        base = forward(torch.tensor([[pad] * (width - len(i)) + i for i in ids]), pads)[:, -1]
+        kept = mask.shape[1]  # cache length of the visible text
+        out: list[list[int]] = [[] for _ in ids]
+        thoughts: list[list[list[int]]] = [[] for _ in ids]
+        talk_ids: torch.Tensor | None = None  # last round's talk tokens, run first this round
+        temps = torch.full((batch,), s.thought_temperature)
+        banned = self.banned.expand(batch, -1)
+        while len(out[0]) < max_tokens:
+            pending = torch.tensor([list(self.start_ids)] * batch)
+            if talk_ids is not None:
+                pending = torch.cat([talk_ids[:, None], pending], 1)
+            thought = torch.empty(batch, 0, dtype=torch.long)
+            for k in range(s.thought_tokens + 1):
+                if k == s.thought_tokens:
+                    pending = torch.cat([pending, torch.tensor([list(self.end_ids)] * batch)], 1)
+                logits = forward(pending)
+                if talk_ids is not None and k == 0:
+                    base = logits[:, 0]
+                if k < s.thought_tokens:
+                    nxt = self._sample_rows(
+                        tensor_ops.thought_logits(logits[:, -1], temps, banned), gen
+                    )
+                    thought = torch.cat([thought, nxt[:, None]], 1)
+                    pending = nxt[:, None]
+            mixed = tensor_ops.talk_logits(
+                torch.log_softmax(base, dim=-1),
+                logits[:, -1],
+                torch.full((batch,), s.mixing_weight),
+                torch.full((batch,), s.temperature),
+                torch.full((batch,), s.top_p),
+            )
+            talk_ids = self._sample_rows(mixed, gen)
+            cache.crop(kept)  # drop the thought: the cache holds the visible text again
+            mask = mask[:, :kept]
+            kept += 1  # the talk token is run (and kept) at the start of the next round
+            for i in range(batch):
+                out[i].append(int(talk_ids[i]))
+                thoughts[i].append(thought[i].tolist())
+        seconds = time.perf_counter() - start
+        return [
+            HFSequence(
+                len(i), seconds, o, th, model_calls=calls, forward_positions=positions // batch,
+                text=self.tokenizer.decode(o, skip_special_tokens=True),
+            )
+            for i, o, th in zip(ids, out, thoughts, strict=True)
+        ]  # fmt: skip
+
+    @staticmethod
+    def _sample_rows(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen)[:, 0]
+
     @torch.inference_mode()
     def generate_plain(self, prompt: str, max_tokens: int) -> HFSequence:
         """The base model alone (``generate``, KV cache, greedy): the cost of not thinking."""
@@ -201,33 +293,53 @@ def run(
     seed: int = 0,
     cache: str = "thought",
     plain: bool = True,
+    batch: int = 1,
 ) -> dict:
-    """Decode every prompt one after another; per-sequence stats plus the totals."""
+    """Decode every prompt (one after another, or `batch` at a time in lockstep with the
+    `crop` cache); per-sequence stats plus the totals (`total_s` is wall time)."""
     loaded = time.perf_counter()
     hf = HFQuietStar(model_path, settings, cache=cache)
     load_s = time.perf_counter() - loaded
-    hf.generate(prompts[0], 2, seed=seed)  # warm-up (allocator, kernels), not counted
+    if cache == "crop":  # warm-up (allocator, kernels), not counted
+        hf.generate_batch(prompts[:batch], 2, seed=seed)
+    else:
+        hf.generate(prompts[0], 2, seed=seed)
     sequences = []
-    for i, prompt in enumerate(prompts):
-        seq = hf.generate(prompt, max_tokens, seed=seed + i)
-        print(
-            f"hf quiet_star #{i}: {len(seq.token_ids)} tokens in {seq.seconds:.1f}s "
-            f"({seq.seconds_per_token:.3f} s/token, {seq.model_calls} model calls)",
-            flush=True,
-        )
-        sequences.append(seq)
+    total_s = 0.0
+    if cache == "crop":
+        for i in range(0, len(prompts), batch):
+            group = hf.generate_batch(prompts[i : i + batch], max_tokens, seed=seed + i)
+            total_s += group[0].seconds
+            print(
+                f"hf quiet_star (crop) #{i}..: batch {len(group)} x {max_tokens} tokens in "
+                f"{group[0].seconds:.1f}s ({group[0].model_calls} model calls)",
+                flush=True,
+            )
+            sequences += group
+    else:
+        for i, prompt in enumerate(prompts):
+            seq = hf.generate(prompt, max_tokens, seed=seed + i)
+            print(
+                f"hf quiet_star #{i}: {len(seq.token_ids)} tokens in {seq.seconds:.1f}s "
+                f"({seq.seconds_per_token:.3f} s/token, {seq.model_calls} model calls)",
+                flush=True,
+            )
+            sequences.append(seq)
+            total_s += seq.seconds
     plain_seqs = [hf.generate_plain(p, max_tokens) for p in prompts[:2]] if plain else []
-    total_s = sum(s.seconds for s in sequences)
     total_tokens = sum(len(s.token_ids) for s in sequences)
     return {
         "settings": asdict(settings),
         "cache": cache,
+        "batch": batch if cache == "crop" else 1,
         "start_token_ids": list(hf.start_ids),
         "end_token_ids": list(hf.end_ids),
         "load_s": load_s,
         "total_s": total_s,
         "output_tokens": total_tokens,
-        "seconds_per_token": total_s / max(total_tokens, 1),
+        "seconds_per_token": total_s / max(total_tokens, 1),  # wall s / output token
+        "forward_positions_per_token": sum(s.forward_positions for s in sequences)
+        / max(total_tokens, 1),
         "median_seconds_per_token": spread([s.seconds_per_token for s in sequences])["median"],
         "plain_seconds_per_token": (
             sum(s.seconds for s in plain_seqs) / max(sum(len(s.token_ids) for s in plain_seqs), 1)
@@ -249,7 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--start-token", default=None)
     parser.add_argument("--end-token", default=None)
-    parser.add_argument("--cache", choices=["thought", "none"], default="thought")
+    parser.add_argument("--cache", choices=CACHE_MODES, default="thought")
+    parser.add_argument("--batch", type=int, default=1, help="lockstep batch (crop cache)")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain-decoding run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -262,7 +376,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     prompts = [prompt for _, prompt in cli.questions(args, args.questions)]
     model = EngineSettings(model=args.model).model_path()
-    result = run(model, prompts, settings, args.max_tokens, seed=args.seed, cache=args.cache)
+    result = run(
+        model,
+        prompts,
+        settings,
+        args.max_tokens,
+        seed=args.seed,
+        cache=args.cache,
+        batch=args.batch,
+        plain=not args.no_plain,
+    )
     print(f"HF Quiet-STaR ({args.cache} cache): {result['seconds_per_token']:.3f} s/token")
     write_result(args.out, "hf_quiet_star", result)
 

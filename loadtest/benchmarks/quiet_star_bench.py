@@ -1,10 +1,12 @@
 """Quiet-STaR benchmarks: what one thought costs, how fast, and what it does to the text.
 
-* ``forward``: forward positions per output token (usage and vLLM's own counters) against the
-  analytic model: ``steps`` per token plus the prompt tail after the last full KV block.
-* ``speed``: seconds per output token, gateway (``--concurrency`` requests in flight) vs the
-  straightforward HF loop (``hf_quiet_star``, one request at a time, gateway stopped), in
-  alternating rounds, both with the same t, w and delimiters.
+* ``forward``: forward positions per output token from vLLM's own counters against the
+  analytic count, for both gateway engines (``--quiet-star-engine``): ``t + 3`` per token for
+  ``continuation``; ``t + 3`` plus the re-prefilled prompt tail per call for ``per_token``.
+* ``speed``: output tokens/s for t in {4, 8} x concurrency in {1, 8}: the gateway with the
+  continuation engine and with the per-token engine, the HF lockstep loop with a cropped KV
+  cache (batch = concurrency) and the HF no-cache loop (``hf_quiet_star``), each side alone on
+  the machine, in alternating rounds, all with the same w and delimiters.
 * ``methods``: baseline, rebase, quiet_star and quiet_star+rebase on the same questions in one
   gateway, configs in alternating order per round: seconds, FLOPs, thought tokens.
 * ``coherence``: greedy quiet_star text for several mixing weights against baseline greedy,
@@ -28,13 +30,14 @@ from typing import Any
 
 from loadtest.harness import cli
 from loadtest.harness.driver import run_bodies
-from loadtest.harness.results import by_side, spread
+from loadtest.harness.results import spread
 from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import REPO, metric_total, scrape_metrics, start_gateway
 from loadtest.harness.tables import cell, fmt, fmt_spread, markdown_table
 from server.answers import answers_match, extract_answer
 
 ONE_TOKEN_DELIMITERS = "<|im_start|>,<|im_end|>"  # one token each in SmolLM2 (and tiny)
+ENGINES = ("continuation", "per_token")  # the gateway's --quiet-star-engine values
 
 
 def delimiter_block(spec: str) -> dict[str, str]:
@@ -52,8 +55,15 @@ def body(model: str, prompt: str, max_tokens: int, qs: dict | None = None, **ext
     return out | extra
 
 
-def gateway(args: argparse.Namespace, tag: str):
-    return start_gateway(cli.engine_settings(args), cli.logs_dir(args) / f"{tag}.log", attempts=2)
+def gateway(args: argparse.Namespace, tag: str, *extra: str):
+    return start_gateway(
+        cli.engine_settings(args), cli.logs_dir(args) / f"{tag}.log", *extra, attempts=2
+    )
+
+
+def engine_flag(engine: str) -> tuple[str, str]:
+    """The gateway flag that selects how quiet_star decodes (docs/quiet_star.md)."""
+    return ("--quiet-star-engine", engine)
 
 
 # -- forward positions per output token ------------------------------------------------------
@@ -64,106 +74,137 @@ def uncached_tail(context_len: int, block: int) -> int:
 
 
 def expected_forward(prompt_len: int, calls: int, steps: int, block: int) -> int:
-    """Positions a Quiet-STaR request runs: per call its uncached tail plus ``steps - 1``
-    decode positions (the last sampled token never runs); the prompt itself is cached."""
+    """Positions a per-token Quiet-STaR request runs: per call its uncached tail plus
+    ``steps - 1`` decode positions (the last sampled token never runs)."""
     return sum(uncached_tail(prompt_len + k, block) + steps - 1 for k in range(calls))
 
 
 def forward(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
+    """Forward positions per output token, from vLLM's own counters, against the analytic
+    count. Continuation: every output token runs exactly ``steps = t + 3`` positions (talk or
+    the prompt's last position, start, t thoughts, end), so vLLM's generation counter grows by
+    ``steps`` per output token; the prompt is prefilled once (reported apart). Per-token: each
+    engine call re-prefills its uncached prompt tail (``expected_forward``)."""
     qs = cli.questions(args, args.questions)
-    configs = [(None, "default")] + [(t, d) for d in args.delimiters for t in args.thought_tokens]
     rows = []
-    with gateway(args, "forward") as gw:
-        model = cli.engine_settings(args).name()
-        run_bodies(gw.url, [body(model, q, 1, temperature=0.0) for _, q in qs], concurrency=1)
-        for t, delims in configs:
-            block = (
-                None if t is None else {"thought_tokens": t, "mixing_weight": args.mixing_weight}
-            )
-            block = None if block is None else block | delimiter_block(delims)
-            bodies = [
-                body(model, q, args.max_tokens, block, seed=p.index, ignore_eos=True) for p, q in qs
-            ]
-            before = scrape_metrics(gw.url)
-            usages = [r.usage for r in run_bodies(gw.url, bodies, concurrency=1).results]
-            time.sleep(1.5)  # vLLM publishes its counters with the next stats tick
-            after = scrape_metrics(gw.url)
-            computed = metric_total(after, "vllm:prompt_tokens_by_source_total", "local_compute")
-            computed -= metric_total(before, "vllm:prompt_tokens_by_source_total", "local_compute")
-            gen = metric_total(after, "vllm:generation_tokens_total")
-            gen -= metric_total(before, "vllm:generation_tokens_total")
-            calls = sum(u["engine_calls"] for u in usages)
-            tokens = sum(u["completion_tokens"] for u in usages)
-            steps = (
-                1
-                if t is None
-                else round(usages[0]["thought_tokens"] / usages[0]["engine_calls"]) + 1
-            )
-            expected = sum(
-                expected_forward(u["prompt_tokens"], u["engine_calls"], steps, args.block_size)
-                if t is not None
-                else uncached_tail(u["prompt_tokens"], args.block_size) + u["completion_tokens"] - 1
-                for u in usages
-            )
-            rows.append(
-                {
-                    "thought_tokens": t,
-                    "delimiters": delims,
-                    "steps_per_call": steps,
-                    "forward_per_token": sum(u["forward_tokens"] for u in usages) / tokens,
-                    "vllm_forward_per_token": (computed + gen - calls) / tokens,
-                    "expected_per_token": expected / tokens,
-                }
-            )
-            save({"rows": rows})
+    for engine in args.engines:
+        with gateway(args, f"forward-{engine}", *engine_flag(engine)) as gw:
+            model = cli.engine_settings(args).name()
+            run_bodies(gw.url, [body(model, q, 1, temperature=0.0) for _, q in qs], concurrency=1)
+            for t in args.thought_tokens:
+                block = {"thought_tokens": t, "mixing_weight": args.mixing_weight}
+                block |= delimiter_block(args.delimiters)
+                bodies = [
+                    body(model, q, args.max_tokens, block, seed=p.index, ignore_eos=True)
+                    for p, q in qs
+                ]
+                before = scrape_metrics(gw.url)
+                usages = [r.usage for r in run_bodies(gw.url, bodies, concurrency=1).results]
+                time.sleep(1.5)  # vLLM publishes its counters with the next stats tick
+                after = scrape_metrics(gw.url)
+                computed = metric_total(
+                    after, "vllm:prompt_tokens_by_source_total", "local_compute"
+                ) - metric_total(before, "vllm:prompt_tokens_by_source_total", "local_compute")
+                gen = metric_total(after, "vllm:generation_tokens_total")
+                gen -= metric_total(before, "vllm:generation_tokens_total")
+                calls = sum(u["engine_calls"] for u in usages)
+                tokens = sum(u["completion_tokens"] for u in usages)
+                steps = round(usages[0]["thought_tokens"] / usages[0]["completion_tokens"]) + 1
+                if engine == "continuation":
+                    measured = gen / tokens  # decode positions + the prompt's last, per token
+                    expected = steps
+                else:
+                    measured = (computed + gen - calls) / tokens
+                    expected = (
+                        sum(
+                            expected_forward(
+                                u["prompt_tokens"], u["engine_calls"], steps, args.block_size
+                            )
+                            for u in usages
+                        )
+                        / tokens
+                    )
+                rows.append(
+                    {
+                        "engine": engine,
+                        "thought_tokens": t,
+                        "steps": steps,
+                        "engine_calls_per_request": calls / len(usages),
+                        "vllm_forward_per_token": measured,
+                        "expected_per_token": expected,
+                        "prompt_positions_per_request": computed / len(usages),
+                        "usage_forward_per_token": sum(u["forward_tokens"] for u in usages)
+                        / tokens,
+                    }
+                )
+                save({"rows": rows})
     return {"settings": _settings(args), "rows": rows}
 
 
-# -- speed vs the HF loop ---------------------------------------------------------------------
+# -- speed: the engine paths vs the HF loops ----------------------------------------------------
 def speed(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
-    qs = cli.questions(args, args.questions)
-    block = {"thought_tokens": args.t, "mixing_weight": args.mixing_weight}
-    block |= delimiter_block(args.delimiters)
+    """Output tokens/s for every (t, concurrency): the gateway with the continuation engine and
+    with the per-token engine, the HF lockstep loop with a cropped KV cache (batch =
+    concurrency), and the HF no-cache reference-style loop (batch 1, concurrency 1 only), in
+    alternating rounds, each side alone on the machine."""
+    most = max(args.questions, *args.concurrency)
+    qs = cli.questions(args, most)
+    sides = [f"gateway:{e}" for e in args.engines] + [f"hf:{c}" for c in args.hf_caches]
+
+    def grid(side: str) -> list[tuple[int, int]]:
+        if side in ("hf:none", "hf:thought"):  # batch-1 loops: concurrency 1 only
+            return [(t, 1) for t in args.thought_tokens]
+        return [(t, c) for t in args.thought_tokens for c in args.concurrency]
 
     def measure(rnd: int, side: str) -> dict[str, Any]:
-        if side == "gateway":
-            with gateway(args, f"r{rnd}-speed") as gw:
+        kind, mode = side.split(":")
+        rows = []
+        if kind == "gateway":
+            with gateway(args, f"r{rnd}-speed-{mode}", *engine_flag(mode)) as gw:
                 model = cli.engine_settings(args).name()
-                warm = [body(model, q, 4, block, seed=p.index) for p, q in qs[:2]]
-                run_bodies(gw.url, warm, concurrency=2)
-                out = {}
-                for kind, blk in (("quiet_star", block), ("baseline", None)):
+                for t, c in grid(side):
+                    block = {"thought_tokens": t, "mixing_weight": args.mixing_weight}
+                    block |= delimiter_block(args.delimiters)
+                    n = max(args.questions, c)
+                    warm = [body(model, q, 2, block, seed=p.index) for p, q in qs[:c]]
+                    run_bodies(gw.url, warm, concurrency=c)
                     bodies = [
-                        body(model, q, args.max_tokens, blk, seed=p.index, ignore_eos=True)
-                        for p, q in qs
+                        body(model, q, args.max_tokens, block, seed=p.index, ignore_eos=True)
+                        for p, q in qs[:n]
                     ]
-                    done = run_bodies(gw.url, bodies, concurrency=args.concurrency)
+                    done = run_bodies(gw.url, bodies, concurrency=c)
                     tokens = sum(r.completion_tokens for r in done.results)
-                    out[kind] = done.wall_s / tokens
-            return {"side": side, "round": rnd, "s_per_token": out["quiet_star"], **out}
-        path = cli.logs_dir(args) / f"r{rnd}-hf.json"
-        cmd = [
-            sys.executable, "-m", "loadtest.benchmarks.hf_quiet_star",
-            "--questions", str(args.questions), "--max-tokens", str(args.max_tokens),
-            "--thought-tokens", str(args.t), "--mixing-weight", str(args.mixing_weight),
-            "--cache", args.hf_cache, "--out", str(path),
-            *(["--model", args.model] if args.model else []),
-            *(["--data", args.data] if args.data else []),
-            *_delimiter_flags(args.delimiters),
-        ]  # fmt: skip
-        subprocess.run(cmd, cwd=REPO, check=True)
-        hf = json.loads(path.read_text())
-        return {"side": side, "round": rnd, "s_per_token": hf["seconds_per_token"]}
+                    rows.append({"t": t, "concurrency": c, "tokens_per_s": tokens / done.wall_s})
+        else:
+            for t, c in grid(side):
+                path = cli.logs_dir(args) / f"r{rnd}-hf-{mode}-t{t}-c{c}.json"
+                cmd = [
+                    sys.executable, "-m", "loadtest.benchmarks.hf_quiet_star",
+                    "--questions", str(max(args.questions, c)),
+                    "--max-tokens", str(args.max_tokens),
+                    "--thought-tokens", str(t), "--mixing-weight", str(args.mixing_weight),
+                    "--cache", mode, "--batch", str(c), "--no-plain", "--out", str(path),
+                    *(["--model", args.model] if args.model else []),
+                    *(["--data", args.data] if args.data else []),
+                    *_delimiter_flags(args.delimiters),
+                ]  # fmt: skip
+                subprocess.run(cmd, cwd=REPO, check=True)
+                hf = json.loads(path.read_text())
+                rows.append({"t": t, "concurrency": c, "tokens_per_s": 1 / hf["seconds_per_token"]})
+        return {"side": side, "round": rnd, "rows": rows}
 
-    sessions = run_rounds(
-        ("gateway", "hf"), measure, args.rounds, lambda ss: save({"sessions": ss})
-    )
+    sessions = run_rounds(sides, measure, args.rounds, lambda ss: save({"sessions": ss}))
     return {"settings": _settings(args), "sessions": sessions}
 
 
-def _delimiter_flags(spec: str) -> list[str]:
-    """hf_quiet_star's --start-token/--end-token for a delimiter spec."""
-    return [f for k, v in delimiter_block(spec).items() for f in ("--" + k.replace("_", "-"), v)]
+def speed_cells(sessions: list[dict]) -> dict[tuple[str, int, int], dict]:
+    """(side, t, concurrency) -> spread of tokens/s over the rounds."""
+    values: dict[tuple[str, int, int], list[float]] = {}
+    for session in sessions:
+        for row in session["rows"]:
+            key = (session["side"], row["t"], row["concurrency"])
+            values.setdefault(key, []).append(row["tokens_per_s"])
+    return {k: spread(v) for k, v in values.items()}
 
 
 def _delimiter_flags(spec: str) -> list[str]:
@@ -316,46 +357,48 @@ def tables(payload: dict[str, Any]) -> dict[str, str]:
     if name == "quiet_star_forward":
         rows = [
             [
-                fmt(r["thought_tokens"]) if r["thought_tokens"] is not None else "– (baseline)",
-                cell(r["delimiters"]),
-                r["steps_per_call"],
-                fmt(r["forward_per_token"]),
+                r["engine"],
+                r["thought_tokens"],
+                r["steps"],
+                fmt(r["engine_calls_per_request"], 1),
                 fmt(r["vllm_forward_per_token"]),
                 fmt(r["expected_per_token"]),
+                fmt(r["prompt_positions_per_request"], 1),
             ]
             for r in payload["rows"]
         ]
         header = [
+            "engine",
             "t",
-            "delimiters",
-            "steps / token",
-            "fwd / token (usage)",
-            "fwd / token (vLLM)",
-            "expected",
+            "steps (s + t + e + 1)",
+            "engine calls / request",
+            "fwd / token (vLLM counters)",
+            "analytic",
+            "prompt positions / request",
         ]
         return {name: markdown_table(header, rows)}
     if name == "quiet_star_speed":
-        sides = by_side(payload["sessions"], "s_per_token")
-        base = by_side([s for s in payload["sessions"] if "baseline" in s], "baseline")
-        g, h = sides["gateway"]["median"], sides["hf"]["median"]
-        rows = [
-            [
-                f"gateway quiet_star, concurrency {payload['settings']['concurrency']}",
-                fmt_spread(sides["gateway"], 4),
-                fmt(h / g, 1) + "x",
-            ],
-            [
-                f"HF loop ({payload['settings']['hf_cache']} cache), one at a time",
-                fmt_spread(sides["hf"], 4),
-                "1.0x",
-            ],
-            [
-                "gateway baseline (no thought), same concurrency",
-                fmt_spread(base["gateway"], 4),
-                "–",
-            ],
-        ]
-        return {name: markdown_table(["implementation", "s / output token", "HF / this"], rows)}
+        cells = speed_cells(payload["sessions"])
+        header = ["t", "concurrency", *dict.fromkeys(k[0] for k in cells)]
+        rows = []
+        for t, c in sorted({(k[1], k[2]) for k in cells}):
+            row: list[Any] = [t, c]
+            for side in header[2:]:
+                cell_ = cells.get((side, t, c))
+                row.append(fmt_spread(cell_, 1) if cell_ else "–")
+            rows.append(row)
+        ratios = []
+        ours = "gateway:continuation"
+        for other in [side for side in header[2:] if side != ours]:
+            for t, c in sorted({(k[1], k[2]) for k in cells}):
+                if (ours, t, c) in cells and (other, t, c) in cells:
+                    ratio = cells[(ours, t, c)]["median"] / cells[(other, t, c)]["median"]
+                    ratios.append([other, t, c, fmt(ratio, 2) + "x"])
+        return {
+            name: markdown_table(header, rows)
+            + "\n\noutput tokens/s (median [min, max] over rounds)\n\n"
+            + markdown_table([f"{ours} vs", "t", "concurrency", "speed-up"], ratios)
+        }
     if name == "quiet_star_methods":
         keys = {  # key -> (column, digits)
             "seconds_per_question": ("s / question", 2),
@@ -393,17 +436,25 @@ def main(argv: list[str] | None = None) -> None:
     common = cli.parser("", rounds=True)
     common.add_argument("--mixing-weight", type=float, default=0.1)
     common.add_argument("--max-tokens", type=int, default=32)
-    common.add_argument("--t", type=int, default=4, help="thought tokens")
+    common.add_argument("--t", type=int, default=4, help="thought tokens (methods, coherence)")
     common.add_argument("--questions", type=int, default=4)
-    common.add_argument("--concurrency", type=int, default=8)
     for name in ("forward", "speed", "methods", "coherence"):
         sub.add_parser(name, parents=[common], add_help=False, conflict_handler="resolve")
     sp = sub.choices
-    sp["forward"].add_argument("--thought-tokens", type=int, nargs="+", default=[2, 4, 8])
-    sp["forward"].add_argument("--delimiters", nargs="+", default=["default", ONE_TOKEN_DELIMITERS])
+    for name in ("forward", "speed"):
+        sp[name].add_argument("--thought-tokens", type=int, nargs="+", default=[4, 8])
+        # one-token delimiters: a step is exactly t + 3 tokens ("default": the gateway's
+        # multi-token strings on models without thought tokens, s + t + e + 1)
+        sp[name].add_argument("--delimiters", default=ONE_TOKEN_DELIMITERS)
+        sp[name].add_argument(
+            "--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="gateway sides"
+        )
     sp["forward"].add_argument("--block-size", type=int, default=32, help="the engine's")
-    sp["speed"].add_argument("--delimiters", default="default")
-    sp["speed"].add_argument("--hf-cache", choices=["thought", "none"], default="thought")
+    sp["speed"].add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    sp["speed"].add_argument(
+        "--hf-caches", nargs="+", choices=["crop", "thought", "none"], default=["crop", "none"]
+    )
+    sp["methods"].add_argument("--concurrency", type=int, default=8)
     sp["methods"].add_argument("--width", type=int, default=4)
     sp["methods"].add_argument("--max-step-tokens", type=int, default=16)
     sp["coherence"].add_argument(

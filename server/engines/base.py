@@ -30,6 +30,9 @@ class PolicyEngine(Protocol):
     model_path: str
     max_model_len: int
     flops: FlopsModel
+    # The engine runs Quiet-STaR continuation (one request per sequence, thoughts rolled back
+    # by kernels/quiet_star/scheduler.py); otherwise the decoder makes one request per token.
+    quiet_star_continuation: bool
 
     @property
     def tokenizer(self) -> Any: ...
@@ -67,12 +70,14 @@ class PolicyEngine(Protocol):
         request_id: str | None = None,
         routing_key: str | None = None,
         priority: int = 0,
+        rollback_steps: int | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream one single-sequence request (`params.n == 1`) and charge its cost to `meter`
         however it ends. `routing_key` groups calls that share a prefix (one tree, one
         sequence) so a replicated engine sends them to one replica's prefix cache; the
         in-process engine ignores it. `priority` is vLLM's (lower runs first) for engines that
-        schedule by priority. Cancelling the iteration aborts the request."""
+        schedule by priority. `rollback_steps` (continuation only) charges each output token's
+        rolled-back thought positions. Cancelling the iteration aborts the request."""
         ...
 
     async def check_health(self) -> None:

@@ -157,6 +157,9 @@ class RemoteEngine:
     flops: FlopsModel
     hf_config: Any
     settings: Settings
+    # Replicas run vLLM's stock scheduler, so Quiet-STaR makes one call per output token
+    # (docs/scaling.md says what a replica would need for continuation).
+    quiet_star_continuation: bool = False
     _tokenizer: Any = None
     _client: httpx.AsyncClient | None = None
     _warned_no_cache_details: bool = False
@@ -255,6 +258,7 @@ class RemoteEngine:
         request_id: str | None = None,
         routing_key: str | None = None,
         priority: int = 0,
+        rollback_steps: int | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """One engine call as one streamed completion; failed over to another replica (sent
         again whole) when its replica fails before anything was yielded.
@@ -262,7 +266,7 @@ class RemoteEngine:
         `priority` is not forwarded: a replica started without `--scheduling-policy priority`
         refuses any non-zero priority, and the gateway cannot see how replicas were started;
         the REBASE scheduler's own order of submission still applies (docs/scaling.md)."""
-        del priority
+        del priority, rollback_steps  # never a continuation request here (see above)
         if params.n != 1:
             raise ValueError("RemoteEngine.generate runs one sequence; fan out n in the method")
         request_id = request_id or engine_request_id()

@@ -1,6 +1,7 @@
-"""`quiet_star`: think before each token (Quiet-STaR), served as one engine request per token.
+"""`quiet_star`: think before each token (Quiet-STaR), one engine request per sequence.
 
-The thinking step runs inside the engine (kernels/quiet_star); this method runs the loop
+The thinking step runs inside the engine (kernels/quiet_star: the logits processor, and the
+scheduler that rolls each thought back); this method runs the decoder
 (server/quiet_star/decoder.py), turns talk tokens into streamed text, and stops at EOS, a stop
 string or `max_tokens`. `n` > 1 gives independent samples (the paper votes over 8).
 """

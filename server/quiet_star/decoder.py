@@ -1,15 +1,22 @@
-"""The Quiet-STaR decode loop: the text grows by one *talk* token per engine request.
+"""The Quiet-STaR decode loop: the text grows by one *talk* token per thinking step.
 
-Each request's prompt is the visible text so far (token ids), `max_tokens` = the step count
-of one thinking step, engine temperature 1, and `extra_args["quiet_star"]` for our logits
-processor (kernels/quiet_star), which forces the delimiters, samples the thought and mixes
-the talk token. Only the talk token is appended: the thought never enters the visible
-context, as in the original. Prefix caching serves the shared prompt, so a token costs about
-`t + 3` forward tokens plus the partial KV block tail.
+Two ways to run it (the server's `--quiet-star-engine`):
 
-Near `max_model_len` a step that does not fit entirely is not started (the text ends with
-finish_reason "length"), and a step the engine cut short is dropped: a thought token is
-never returned as text.
+* **continuation** (default): one engine request per sequence. Our scheduler
+  (kernels/quiet_star/scheduler.py) rolls each token's thought back after its talk token, so
+  the visible context never holds a thought and a token costs exactly `t + 3` forward
+  positions. The engine streams every sampled token (start, thought, end, talk: `t + 3` per
+  output token, which is what vLLM's own counters see); this loop keeps the talk tokens.
+* **per_token**: one engine request per output token whose prompt is the visible text so far
+  and whose `max_tokens` is the step count (prefix caching serves the shared prompt, so a
+  token costs `t + 3` positions plus the re-prefilled partial KV block). Kept as the baseline
+  the benchmark compares against, and for `think="step_start"`, which thinks once per step
+  and decodes the rest of the step plainly (few engine requests per step already).
+
+Either way `extra_args["quiet_star"]` drives our logits processor (kernels/quiet_star), which
+forces the delimiters, samples the thought and mixes the talk token. Near `max_model_len` a
+step that does not fit entirely is not started (the text ends with finish_reason "length"),
+and a step the engine cut short is dropped: a thought token is never returned as text.
 """
 
 from __future__ import annotations
@@ -111,10 +118,25 @@ class QuietStarDecoder:
             return [bos, *prompt_ids]
         return list(prompt_ids)
 
-    def spec(self, visible: int) -> QuietStarSpec:
+    @property
+    def continuation(self) -> bool:
+        """One engine request per sequence (the engine's continuation scheduler is on)."""
+        return bool(getattr(self.ctx.engine, "quiet_star_continuation", False))
+
+    def spec(self, visible: int, *, context_len: int | None = None) -> QuietStarSpec:
+        """The processor's arguments: for one step at `visible` tokens, or (`context_len` set)
+        for a continuation request whose text starts after `context_len` tokens."""
         talk_banned = set(self.talk_banned)
-        if visible < self.sampling.min_tokens:
+        if context_len is None and visible < self.sampling.min_tokens:
             talk_banned |= self.stop_token_ids  # min_tokens: no EOS/stop token yet
+        continuation = {}
+        if context_len is not None:  # the processor bans stop ids until min_tokens itself
+            continuation = {
+                "continuation": True,
+                "context_len": context_len,
+                "min_tokens": self.sampling.min_tokens,
+                "stop_token_ids": tuple(sorted(self.stop_token_ids)),
+            }
         return QuietStarSpec(
             key=uuid.uuid4().hex,
             thought_tokens=self.thought_tokens,
@@ -129,6 +151,7 @@ class QuietStarDecoder:
             talk_banned_token_ids=tuple(sorted(talk_banned)),
             top_k=self.sampling.top_k if self.sampling.top_k and self.sampling.top_k > 0 else 0,
             min_p=self.sampling.min_p,
+            **continuation,
         )
 
     def _seed(self) -> int | None:
@@ -174,6 +197,64 @@ class QuietStarDecoder:
         return Piece(
             [tokens[-1]], [tokens[s : s + spec.thought_tokens]], [tokens], logprobs=logprobs
         )
+
+    async def continue_sequence(
+        self, context_ids: list[int], max_tokens: int
+    ) -> AsyncIterator[Piece]:
+        """Every-token thinking as one engine request: `max_tokens` visible tokens at most.
+
+        The engine streams `steps` tokens per output token (start, thought, end, talk); the
+        talk tokens are the text. It stops itself on a stop token, at `max_tokens` talk tokens,
+        and before a step that would pass `max_model_len` (finish_reason "length" with fewer
+        tokens: `truncated`)."""
+        spec = self.spec(0, context_len=len(context_ids))
+        params = SamplingParams(
+            n=1,
+            max_tokens=max_tokens,  # the scheduler counts visible (talk) tokens
+            temperature=1.0,  # the processor applies the real temperatures
+            top_p=1.0,
+            seed=self._seed(),  # round k samples with seed + k (the per-token path's seeds)
+            ignore_eos=True,  # a thought token must not end the request ...
+            stop_token_ids=sorted(self.stop_token_ids),  # ... a talk token may
+            logprobs=self.sampling.logprobs,
+            detokenize=False,
+            skip_special_tokens=False,
+            extra_args=spec.to_extra_args(),
+            output_kind=RequestOutputKind.DELTA,
+        )
+        self.engine_calls += 1
+        steps, s, t = spec.steps, len(spec.start_token_ids), spec.thought_tokens
+        round_ids: list[int] = []
+        produced = 0
+        finish = None
+        async for output in self.ctx.engine.generate(
+            context_ids,
+            params,
+            self.ctx.meter,
+            request_id=engine_request_id(self.ctx.request_id),
+            rollback_steps=steps,
+        ):
+            completion = output.outputs[0]
+            finish = completion.finish_reason
+            pieces: list[Piece] = []
+            for k, token in enumerate(completion.token_ids):
+                round_ids.append(token)
+                if len(round_ids) < steps:
+                    continue
+                logprobs = None
+                if self.sampling.logprobs is not None and completion.logprobs:
+                    logprobs = [_finite(completion.logprobs[k])]
+                pieces.append(
+                    Piece([token], [round_ids[s : s + t]], [round_ids], logprobs=logprobs)
+                )
+                self.ctx.meter.thought_tokens += steps - 1
+                round_ids = []
+            for piece in pieces:
+                produced += 1
+                yield piece
+        self.ctx.meter.thought_tokens += len(round_ids)  # a round the engine cut short
+        if finish == "length" and produced < max_tokens:
+            self.truncated = True  # the next step would not have fit in max_model_len
 
     async def plain(
         self, context_ids: list[int], max_tokens: int, stops: list[str], visible: int
@@ -221,6 +302,13 @@ class QuietStarDecoder:
         tokenizer = self.ctx.engine.tokenizer
         context = self.context(prompt_ids)
         limit = self.ctx.engine.max_model_len
+        if self.continuation and self.params.think == "every_token":
+            if limit - len(context) < self.steps:  # not even one step fits
+                self.truncated = True
+                return
+            async for piece in self.continue_sequence(context, max_tokens):
+                yield piece
+            return
         at_step_start = True
         while len(visible) < max_tokens:
             room = limit - len(context) - len(visible)

@@ -92,7 +92,7 @@ def test_usage_counts_thought_and_forward_tokens(http) -> None:
     usage = body["usage"]
     assert usage["completion_tokens"] == 4
     assert usage["thought_tokens"] == 4 * (3 + 2)
-    assert usage["engine_calls"] == 4
+    assert usage["engine_calls"] == 1  # one engine request per sequence (continuation)
     # Every engine call computes at least the t + 3 step tokens (the last is sampled, not fed).
     assert usage["forward_tokens"] >= 4 * (3 + 2)
     assert usage["flops"]["executed"] > 0

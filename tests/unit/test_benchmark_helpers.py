@@ -9,7 +9,7 @@ import json
 import pytest
 
 from loadtest.benchmarks.gateway_overhead import random_token_prompts
-from loadtest.benchmarks.quiet_star_bench import expected_forward, uncached_tail
+from loadtest.benchmarks.quiet_star_bench import expected_forward, tables, uncached_tail
 from loadtest.benchmarks.rebase_bench import parse_config, tree_prompt_tokens
 from loadtest.benchmarks.vllm_cli import _patched_version
 from loadtest.harness.cli import questions
@@ -154,3 +154,22 @@ def test_rebase_scheduler_table_reports_latency_occupancy_and_ratios() -> None:
     assert "- scheduler, priority16 / direct16: problems/min 1.30x, p50 latency 0.40x" in text
     assert "- scheduler, priority16 / fair16: problems/min 1.18x, p50 latency 0.43x" in text
     assert "- scheduler, fair16 / direct16" in text
+
+
+def test_quiet_star_speed_table_is_per_t_and_concurrency_with_speedups() -> None:
+    def session(side: str, rnd: int, rates: dict[tuple[int, int], float]) -> dict:
+        rows = [{"t": t, "concurrency": c, "tokens_per_s": v} for (t, c), v in rates.items()]
+        return {"side": side, "round": rnd, "rows": rows}
+
+    sessions = [
+        session("gateway:continuation", 0, {(4, 1): 10.0, (4, 8): 40.0}),
+        session("gateway:continuation", 1, {(4, 1): 12.0, (4, 8): 44.0}),
+        session("gateway:per_token", 0, {(4, 1): 4.0, (4, 8): 14.0}),
+        session("hf:crop", 0, {(4, 1): 11.0, (4, 8): 20.0}),
+        session("hf:none", 0, {(4, 1): 1.0}),
+    ]
+    table = tables({"benchmark": "quiet_star_speed", "sessions": sessions})["quiet_star_speed"]
+    assert "| 4 | 8 | 42" in table  # median of 40 and 44
+    assert "| gateway:per_token | 4 | 8 | 3.00x |" in table  # 42 / 14
+    assert "| hf:none | 4 | 1 | 11.00x |" in table
+    assert "| hf:none | 4 | 8 |" not in table  # the batch-1 loop is measured at concurrency 1

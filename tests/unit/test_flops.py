@@ -389,3 +389,21 @@ def test_sliding_window_warns() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         FlopsModel.from_hf_config(ARCHITECTURES["qwen2"])
+
+
+@pytest.mark.parametrize(("generated", "steps"), [(0, 4), (1, 4), (3, 4), (4, 4), (13, 4), (24, 6)])
+def test_rolled_back_generation_charges_each_position_once_at_its_context(
+    llama: FlopsModel, generated: int, steps: int
+) -> None:
+    """Quiet-STaR continuation: output token k runs positions P+k-1 .. P+k+steps-2 (its first
+    position, the previous talk token, is the prompt's last for k = 0), token by token."""
+    prompt = 37
+    positions: list[int] = []
+    for g in range(1, generated):  # every generated token but the last is fed back
+        k, i = divmod(g - 1, steps)  # output token k, its i-th sampled token (0-based)
+        positions.append(prompt + k + i if i < steps - 1 else prompt + k)
+    expected = sum(llama.token_flops(p + 1) for p in positions)
+    assert llama.rolled_back_decode_flops(prompt, generated, steps) == expected
+    plain = llama.request_flops(prompt, 5, generated)
+    rolled = llama.request_flops(prompt, 5, generated, rollback_steps=steps)
+    assert rolled.executed <= plain.executed  # same positions, shorter contexts

@@ -98,6 +98,19 @@ def test_engine_runs_vllm_priority_scheduling_only_for_the_priority_rebase_sched
         assert build_engine_args(settings, str(tiny_model_dir)).scheduling_policy == policy
 
 
+@pytest.mark.parametrize("engine", ["continuation", "per_token"])
+def test_engine_args_install_the_quiet_star_scheduler_for_continuation(
+    engine, tiny_model_dir
+) -> None:
+    settings = resolve_hardware_defaults(Settings(device="cpu", quiet_star_engine=engine))
+    args = build_engine_args(settings, str(tiny_model_dir))
+    if engine == "continuation":
+        assert args.scheduler_cls == "kernels.quiet_star.scheduler.QuietStarScheduler"
+        assert args.async_scheduling is False  # the rollback needs synchronous scheduling
+    else:
+        assert args.scheduler_cls is None
+
+
 class CharTokenizer:
     """One token per byte, decoded as UTF-8 with replacement, like a byte-level BPE."""
 

@@ -241,3 +241,28 @@ def test_talk_bans_apply_only_to_the_rows_that_have_them() -> None:
     talk = proc.apply(torch.zeros(2, VOCAB))  # w = 0: the base decides
     assert only_allowed(talk[0]) != [3]  # banned in row 0
     assert only_allowed(talk[1]) == [7]  # row 1 bans nothing
+
+
+@pytest.mark.parametrize(("prompt_len", "banned"), [(3, True), (4, True), (5, False)])
+def test_continuation_bans_stop_ids_from_the_talk_until_min_tokens(prompt_len, banned) -> None:
+    """A continuation request comes back to the runner once per output token with the visible
+    text as its prompt (context 3 tokens here, min_tokens 2): the stop id is banned from the
+    talk token while fewer than 2 talk tokens follow the context."""
+    proc = make()
+    out: list[int] = []
+    s = spec(t=0, mixing_weight=0.0, continuation=True, context_len=3, min_tokens=2,
+             stop_token_ids=(EOS,))  # fmt: skip
+    add(proc, (0, params(s), list(range(prompt_len)), out))
+    base = torch.zeros(1, VOCAB)
+    base[0, EOS] = 5.0  # the base argmax is the stop id
+    proc.apply(base.clone())
+    out += [START, END]
+    talk = proc.apply(torch.zeros(1, VOCAB))  # w = 0: the base decides
+    assert (only_allowed(talk[0]) == [EOS]) is not banned
+
+
+def test_validate_allows_a_whole_sequence_for_continuation() -> None:
+    s = spec(continuation=True)
+    QuietStarLogitsProcessor.validate_params(
+        SamplingParams(max_tokens=500, extra_args=s.to_extra_args())
+    )

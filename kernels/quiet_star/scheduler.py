@@ -1,0 +1,187 @@
+"""Quiet-STaR continuation: one engine request per sequence, the thought's KV rolled back.
+
+Why a scheduler: a Quiet-STaR token is `start, t thought tokens, end` decoded after the text,
+then the *talk* token, sampled from the mix of the base row and the `end` row; the thought
+must then vanish from the context. Served as one engine request per output token, every token
+re-prefills the partial last KV block and pays a request's overheads. This scheduler keeps
+one request per sequence and, after each talk token, rolls the request back to its visible
+tokens (as vLLM does for rejected speculative tokens), so every output token costs exactly
+`t + 3` forward positions (talk/base, start, t thoughts, end). docs/quiet_star.md has the
+full argument; the pieces:
+
+* **Scheduler side** (here). Thought tokens are appended like any output (vLLM schedules
+  them); at the talk token the round's `start..end` are deleted from the request's token
+  lists and block hashes, the talk token takes their place at the first thought position, and
+  `num_computed_tokens` is set so that the talk token is computed next, at the position
+  `start` had: its row is the next token's base distribution. Stop checks (EOS, stop ids,
+  `max_tokens`, `max_model_len`) run on visible tokens only; a thought token never stops the
+  request. Every sampled token is still emitted to the frontend, so vLLM's own generation
+  counter counts `t + 3` per output token; the gateway keeps only the talk tokens.
+* **Prefix cache.** Blocks are cached only up to the visible length: a block holding thought
+  KV is never hashed into the pool (its slots are overwritten after the rollback, and a cache
+  hit on it from another request would share a block we are about to rewrite).
+* **Worker side.** The model runner keeps its own token ids per request and only ever appends
+  or truncates them. After a rollback the talk token must sit where `start` was, so the next
+  step re-announces the request to the runner as new (finished + new with the same id, a case
+  the runner documents): its prompt is the visible text, its computed length and KV blocks are
+  kept. The runner then sees a fresh request whose output list restarts at 0 each round, which
+  is exactly what the logits processor's step machine (kernels/quiet_star/processor.py) keys
+  off. A seeded request gets the seed `seed + round`, so rounds do not replay one random
+  stream (and the same seed gives the same text).
+
+Only requests whose `extra_args["quiet_star"]` says `continuation` are touched; everything else
+is vLLM's scheduler unchanged. Async scheduling must be off (the CPU backend always turns it
+off; the gateway turns it off when it installs this scheduler).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+from vllm.v1.core.sched.output import NewRequestData, SchedulerOutput
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.core.sched.utils import check_stop
+from vllm.v1.request import Request, RequestStatus
+
+from kernels.quiet_star.spec import QuietStarSpec
+
+SCHEDULER_FQCN = "kernels.quiet_star.scheduler.QuietStarScheduler"
+
+
+@dataclass
+class _Sequence:
+    """Per-request state of a continuation request."""
+
+    spec: QuietStarSpec
+    visible: int  # tokens of the visible text (prompt + talk tokens); thoughts follow it
+    seed: int | None
+    step: int = 0  # tokens sampled in the current round (start, thought, end, talk)
+    round: int = 0  # completed output tokens
+
+
+class QuietStarScheduler(Scheduler):
+    """vLLM's scheduler plus the per-token rollback of Quiet-STaR continuation requests."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self.scheduler_config, "async_scheduling", False):
+            raise ValueError("the Quiet-STaR scheduler needs async scheduling off")
+        self._sequences: dict[str, _Sequence] = {}
+        self._reannounce: set[str] = set()
+        coordinator = self.kv_cache_manager.coordinator
+        cache_blocks = coordinator.cache_blocks
+
+        def cache_visible_blocks(request: Request, num_tokens: int) -> None:
+            sequence = self._sequences.get(request.request_id)
+            if sequence is not None:
+                num_tokens = min(num_tokens, sequence.visible)
+            cache_blocks(request, num_tokens)
+
+        coordinator.cache_blocks = cache_visible_blocks
+
+    # -- requests in and out ----------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        params = request.sampling_params
+        spec = QuietStarSpec.from_extra_args(params.extra_args) if params is not None else None
+        if spec is not None and spec.continuation:
+            self._sequences[request.request_id] = _Sequence(
+                spec, visible=request.num_tokens, seed=params.seed
+            )
+        super().add_request(request)
+
+    def _free_request(self, request: Request, *args, **kwargs):
+        self._sequences.pop(request.request_id, None)
+        self._reannounce.discard(request.request_id)
+        return super()._free_request(request, *args, **kwargs)
+
+    # -- tokens -------------------------------------------------------------------------------
+    def _update_request_with_output(
+        self, request: Request, new_token_ids: list[int], is_stale: bool = False
+    ) -> tuple[list[int], bool]:
+        sequence = self._sequences.get(request.request_id)
+        if sequence is None:
+            return super()._update_request_with_output(request, new_token_ids, is_stale)
+        if len(new_token_ids) != 1:  # one sampled token per step without spec decode
+            raise RuntimeError(f"Quiet-STaR continuation got {len(new_token_ids)} tokens/step")
+        token = new_token_ids[0]
+        sequence.step += 1
+        if sequence.step < sequence.spec.steps:  # start, thought or end: no stop checks
+            request.append_output_token_ids(token)
+            if request.num_tokens >= self.max_model_len:  # the round cannot finish
+                request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+                return new_token_ids, True
+            return new_token_ids, False
+        self._roll_back(request, sequence, token)
+        stopped = check_stop(request, self.max_model_len)
+        if not stopped and request.num_tokens + sequence.spec.steps > self.max_model_len:
+            # the next round would need positions past the limit: end here, before it starts
+            request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+            stopped = True
+        return new_token_ids, stopped
+
+    def _roll_back(self, request: Request, sequence: _Sequence, talk: int) -> None:
+        """Replace the round's `start..end` with the talk token; the talk token is computed
+        next, at the position `start` had."""
+        keep = sequence.visible
+        del request._all_token_ids[keep:]
+        del request._output_token_ids[keep - request.num_prompt_tokens :]
+        del request.block_hashes[keep // self.hash_block_size :]
+        request.append_output_token_ids(talk)  # re-hashes a block the talk token completes
+        request.num_computed_tokens = keep
+        sequence.visible = keep + 1
+        sequence.step = 0
+        sequence.round += 1
+        self._reannounce.add(request.request_id)
+
+    # -- the model runner's view ----------------------------------------------------------
+    def schedule(self, *args, **kwargs) -> SchedulerOutput:
+        output = super().schedule(*args, **kwargs)
+        if self._reannounce:
+            self._reannounce_rolled_back(output)
+        return output
+
+    def _reannounce_rolled_back(self, output: SchedulerOutput) -> None:
+        """Send each rolled-back request that runs this step to the runner as finished + new:
+        the runner's token ids can only grow or shrink at the end, the talk token must
+        replace `start` in the middle."""
+        cached = output.scheduled_cached_reqs
+        for i in reversed(range(len(cached.req_ids))):
+            req_id = cached.req_ids[i]
+            if req_id not in self._reannounce:
+                continue
+            self._reannounce.discard(req_id)
+            request = self.requests[req_id]
+            sequence = self._sequences[req_id]
+            params = copy.copy(request.sampling_params)
+            if sequence.seed is not None:
+                params.seed = sequence.seed + sequence.round
+            prompt = list(request.all_token_ids)
+            is_token_ids = request.prompt_is_token_ids
+            new = NewRequestData.from_request(request, self.kv_cache_manager.get_block_ids(req_id))
+            output.scheduled_new_reqs.append(
+                dataclasses.replace(
+                    new,
+                    prompt_token_ids=prompt,
+                    sampling_params=params,
+                    num_computed_tokens=cached.num_computed_tokens[i],
+                    prompt_is_token_ids=(
+                        None
+                        if is_token_ids is None
+                        else [*is_token_ids, *([True] * (len(prompt) - len(is_token_ids)))]
+                    ),
+                )
+            )
+            output.finished_req_ids.add(req_id)
+            for column in (
+                cached.req_ids,
+                cached.new_block_ids,
+                cached.num_computed_tokens,
+                cached.num_output_tokens,
+            ):
+                del column[i]
+            if cached.new_token_ids:
+                del cached.new_token_ids[i]
+            cached.resumed_req_ids.discard(req_id)
+            cached.all_token_ids.pop(req_id, None)
