@@ -220,7 +220,8 @@ def _log_records(gateway: Gateway) -> list[dict]:
     ("method", "block"),
     [
         ("rebase", {"rebase": SMALL_TREE}),
-        ("quiet_star", {"quiet_star": {"thought_tokens": 2}}),
+        # n = 2: two sequences, two engine requests (continuation makes one per sequence)
+        ("quiet_star", {"quiet_star": {"thought_tokens": 2}, "n": 2}),
     ],
 )
 def test_one_grep_shows_a_requests_whole_engine_tree(

@@ -129,8 +129,14 @@ def test_remote_engine_gives_the_in_process_tokens(cluster: Cluster, gateway, bo
     assert [c["finish_reason"] for c in rj["choices"]] == [
         c["finish_reason"] for c in lj["choices"]
     ]
-    for key in ("completion_tokens", "thought_tokens", "engine_calls"):
+    for key in ("completion_tokens", "thought_tokens"):
         assert rj["usage"][key] == lj["usage"][key], key
+    if "quiet_star" in body.get("method", ""):
+        # Same text, different engine plumbing: in process one continuation request per
+        # sequence, on replicas one call per output token (docs/scaling.md).
+        assert lj["usage"]["engine_calls"] < rj["usage"]["engine_calls"]
+    else:
+        assert rj["usage"]["engine_calls"] == lj["usage"]["engine_calls"]
 
 
 def test_streaming_through_the_remote_engine_matches(cluster: Cluster, gateway) -> None:
