@@ -103,58 +103,65 @@ def streamed_text(events: list) -> str:
 def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(own_gateway) -> None:
     gw = own_gateway("--shutdown-grace-s", "300")
     client = openai_client(gw)
-    with ThreadPoolExecutor(4) as pool:
-        futures: dict[str, Future] = {
-            "baseline": pool.submit(
-                client.completions.create,
-                model="tiny",
-                prompt=PROMPT,
-                max_tokens=1000,
-                temperature=0.8,
-                n=16,  # long enough to still run when the last request is admitted
-                extra_body={"ignore_eos": True},
-            ),
-            "quiet_star": pool.submit(
-                client.completions.create,
-                model="tiny",
-                prompt=PROMPT,
-                max_tokens=200,
-                extra_body={
-                    "ignore_eos": True,
-                    "method": "quiet_star",
-                    "quiet_star": {"thought_tokens": 8},
+    # Four kinds of request, each long enough (tens of seconds alone on the tiny model) to still
+    # run while the next ones are sent; each is sent once the previous one is in flight, so
+    # all four are in flight when the signal comes, however fast or slow the machine is.
+    requests: dict[str, Callable[[], object]] = {
+        "baseline": lambda: client.completions.create(
+            model="tiny",
+            prompt=[PROMPT] * 4,
+            max_tokens=1000,
+            temperature=0.8,
+            n=16,
+            extra_body={"ignore_eos": True},
+        ),
+        "quiet_star": lambda: client.completions.create(
+            model="tiny",
+            prompt=PROMPT,
+            max_tokens=300,
+            extra_body={
+                "ignore_eos": True,
+                "method": "quiet_star",
+                "quiet_star": {"thought_tokens": 24},
+            },
+        ),
+        "stream_quiet_star": lambda: sse_events(
+            gw,
+            {
+                **SLOW,
+                "max_tokens": 300,
+                "quiet_star": {"thought_tokens": 24},
+                "prompt": PROMPT,
+                "stream_options": {"include_usage": True},
+            },
+        ),
+        "stream_rebase": lambda: sse_events(
+            gw,
+            {
+                "prompt": PROMPT,
+                "max_tokens": 960,
+                "ignore_eos": True,
+                "method": "rebase",
+                # A delimiter the model never writes: 60 levels of 16-token steps.
+                "rebase": {
+                    "width": 16,
+                    "max_depth": 60,
+                    "max_step_tokens": 16,
+                    "step_delimiter": "\n\n\n\n",
                 },
-            ),
-            "stream_quiet_star": pool.submit(
-                sse_events,
-                gw,
-                {
-                    **SLOW,
-                    "max_tokens": 200,
-                    "quiet_star": {"thought_tokens": 8},
-                    "prompt": PROMPT,
-                    "stream_options": {"include_usage": True},
-                },
-            ),
-            "stream_rebase": pool.submit(
-                sse_events,
-                gw,
-                {
-                    "prompt": PROMPT,
-                    "max_tokens": 640,
-                    "ignore_eos": True,
-                    "method": "rebase",
-                    # A delimiter the model never writes: 40 levels of 16-token steps.
-                    "rebase": {
-                        "width": 8,
-                        "max_depth": 40,
-                        "max_step_tokens": 16,
-                        "step_delimiter": "\n\n\n\n",
-                    },
-                },
-            ),
-        }
-        wait_until(lambda: in_flight(gw) >= 4, 120, "4 requests in flight")
+            },
+        ),
+    }
+    with ThreadPoolExecutor(len(requests)) as pool:
+        futures: dict[str, Future] = {}
+        for name, send in requests.items():
+            futures[name] = pool.submit(send)
+            wait_until(
+                lambda: in_flight(gw) >= len(futures),
+                120,
+                f"{len(futures)} requests in flight",
+                tuple(futures.values()),
+            )
         gw.process.send_signal(signal.SIGTERM)
 
         # Draining: new work and /health get a 503, the in-flight requests keep running.
@@ -165,16 +172,16 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(own_gateway) -> 
         assert (health.status_code, health.json()["status"]) == (503, "draining")
 
         baseline = futures["baseline"].result(timeout=600)
-        assert [c.finish_reason for c in baseline.choices] == ["length"] * 16
-        assert baseline.usage.completion_tokens == 16 * 1000
+        assert [c.finish_reason for c in baseline.choices] == ["length"] * 64
+        assert baseline.usage.completion_tokens == 64 * 1000
         quiet = futures["quiet_star"].result(timeout=600)
-        assert quiet.usage.completion_tokens == 200
+        assert quiet.usage.completion_tokens == 300
         for name in ("stream_quiet_star", "stream_rebase"):
             events = futures[name].result(timeout=600)
             assert events[-1] == "[DONE]", name
             assert not any(isinstance(e, dict) and "error" in e for e in events), name
         stream_usage = futures["stream_quiet_star"].result()[-2]["usage"]
-        assert stream_usage["completion_tokens"] == 200
+        assert stream_usage["completion_tokens"] == 300
 
     assert gw.process.wait(timeout=120) == 0, gw.log()[-3000:]
 
