@@ -18,10 +18,10 @@ from typing import Any
 
 from loadtest.harness import cli
 from loadtest.harness.driver import run_bodies
-from loadtest.harness.results import by_side
+from loadtest.harness.results import compare_sides
 from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import start
-from loadtest.harness.tables import fmt, fmt_spread, markdown_table
+from loadtest.harness.tables import two_side_table
 from loadtest.stats import percentile
 
 NAME = "gateway_overhead"
@@ -130,34 +130,20 @@ def measure(args: argparse.Namespace, rnd: int, side: str) -> dict[str, Any]:
 
 def summary(sessions: list[dict], source: str) -> dict[str, Any]:
     """Per metric: each side's spread over rounds and the ratio gateway / vLLM of medians."""
-    out = {}
-    for key, _, _ in METRICS:
-        flat = [{"side": s["side"], key: s[source][key]} for s in sessions if source in s]
-        sides = by_side(flat, key)
-        v, g = sides.get("vllm", {}).get("median"), sides.get("gateway", {}).get("median")
-        out[key] = {**sides, "ratio": g / v if v and g is not None else None}
-    return out
+    return {
+        key: compare_sides([(s["side"], s[source][key]) for s in sessions if source in s], *SIDES)
+        for key, _, _ in METRICS
+    }
 
 
 def tables(payload: dict[str, Any]) -> dict[str, str]:
     """Named Markdown tables for docs/benchmarks.md."""
-    out = {}
-    for source, title in (("client", "our client"), ("vllm_bench", "vllm bench serve")):
-        s = payload["summary"].get(source)
-        if not s:
-            continue
-        rows = [
-            [
-                label,
-                fmt_spread(s[key]["vllm"], digits),
-                fmt_spread(s[key]["gateway"], digits),
-                fmt(s[key]["ratio"], 3),
-            ]
-            for key, label, digits in METRICS
-        ]
-        header = [title, "vllm serve: median (min–max)", "gateway: median (min–max)", "ratio"]
-        out[f"{NAME}.{source}"] = markdown_table(header, rows)
-    return out
+    columns = (("vllm", "vllm serve"), ("gateway", "gateway"))
+    return {
+        f"{NAME}.{source}": two_side_table(title, METRICS, payload["summary"][source], columns)
+        for source, title in (("client", "our client"), ("vllm_bench", "vllm bench serve"))
+        if payload["summary"].get(source)
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

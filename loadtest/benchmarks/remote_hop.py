@@ -21,7 +21,7 @@ from typing import Any
 
 from loadtest.harness import cli
 from loadtest.harness.driver import run_bodies
-from loadtest.harness.results import by_side
+from loadtest.harness.results import compare_sides
 from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import (
     EngineSettings,
@@ -31,7 +31,7 @@ from loadtest.harness.servers import (
     start_replica,
     start_router,
 )
-from loadtest.harness.tables import fmt, fmt_spread, markdown_table
+from loadtest.harness.tables import two_side_table
 from loadtest.stats import percentile
 
 NAME = "remote_hop"
@@ -117,33 +117,22 @@ def measure(args: argparse.Namespace, rnd: int, side: str) -> dict[str, Any]:
 
 def summary(sessions: list[dict], methods: list[str]) -> dict[str, Any]:
     """Per method and metric: each side's spread over rounds, and remote / in-process."""
-    out: dict[str, Any] = {}
-    for method in methods:
-        out[method] = {}
-        for key, _, _ in METRICS:
-            flat = [{"side": s["side"], key: s["methods"][method][key]} for s in sessions]
-            sides = by_side(flat, key)
-            a, b = sides.get("inprocess", {}).get("median"), sides.get("remote", {}).get("median")
-            out[method][key] = {**sides, "ratio": b / a if a and b is not None else None}
-    return out
+    return {
+        method: {
+            key: compare_sides([(s["side"], s["methods"][method][key]) for s in sessions], *SIDES)
+            for key, _, _ in METRICS
+        }
+        for method in methods
+    }
 
 
 def tables(payload: dict[str, Any]) -> dict[str, str]:
     """One Markdown table per method for docs/scaling.md."""
-    out = {}
-    for method, s in payload["summary"].items():
-        rows = [
-            [
-                label,
-                fmt_spread(s[key]["inprocess"], digits),
-                fmt_spread(s[key]["remote"], digits),
-                fmt(s[key]["ratio"], 3),
-            ]
-            for key, label, digits in METRICS
-        ]
-        header = [method, "in-process: median (min–max)", "remote: median (min–max)", "ratio"]
-        out[f"{NAME}.{method}"] = markdown_table(header, rows)
-    return out
+    columns = (("inprocess", "in-process"), ("remote", "remote"))
+    return {
+        f"{NAME}.{method}": two_side_table(method, METRICS, s, columns)
+        for method, s in payload["summary"].items()
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

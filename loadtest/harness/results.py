@@ -45,6 +45,16 @@ def by_side(sessions: Sequence[dict[str, Any]], key: str, side_key: str = "side"
     return {side: spread(s[key] for s in sessions if s[side_key] == side) for side in sides}
 
 
+def compare_sides(
+    values: Sequence[tuple[str, float | None]], base: str, other: str
+) -> dict[str, Any]:
+    """Each side's spread over rounds of one metric, and the ratio ``other / base`` of their
+    medians (None when either is missing or the base is 0). ``values``: (side, value) pairs."""
+    sides = by_side([{"side": side, "value": value} for side, value in values], "value")
+    a, b = sides.get(base, {}).get("median"), sides.get(other, {}).get("median")
+    return {**sides, "ratio": b / a if a and b is not None else None}
+
+
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(

@@ -33,3 +33,21 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def two_side_table(
+    title: str,
+    metrics: Sequence[tuple[str, str, int]],
+    summary: Mapping[str, Mapping],
+    sides: tuple[tuple[str, str], tuple[str, str]],
+) -> str:
+    """Rows of `metrics` (key, label, digits) from a :func:`compare_sides` summary: each side's
+    median (min–max) and the ratio. `sides`: ((key, column title), (key, column title))."""
+    (a, a_title), (b, b_title) = sides
+    rows = [
+        [label, fmt_spread(summary[key][a], digits), fmt_spread(summary[key][b], digits),
+         fmt(summary[key]["ratio"], 3)]
+        for key, label, digits in metrics
+    ]  # fmt: skip
+    header = [title, f"{a_title}: median (min–max)", f"{b_title}: median (min–max)", "ratio"]
+    return markdown_table(header, rows)

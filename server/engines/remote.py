@@ -82,16 +82,35 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
-def completion_body(model: str, prompt_token_ids: list[int], params: SamplingParams) -> dict:
-    """The `/v1/completions` body that makes `vllm serve` run exactly `params` on the prompt."""
+def _resumable(params: SamplingParams) -> bool:
+    """Whether a call cut after some tokens may go on, on another replica, from where it was.
+
+    The resumed call's prompt is the original prompt plus the tokens already generated, and its
+    budgets (`max_tokens`, `min_tokens`) shrink by their number: for greedy decoding the
+    result is the uninterrupted call's; sampled, it is an equally valid sample (a seed restarts
+    its generator there). Not resumable: a call with logits-processor arguments (the processor
+    keeps per-call state over the whole output, e.g. Quiet-STaR's thought and talk phases) or
+    with logprobs of the prompt. One edge is not covered: a stop string whose first characters
+    came before the cut and the rest after is not seen by the replica (docs/scaling.md)."""
+    return not params.extra_args and not params.prompt_logprobs
+
+
+def completion_body(
+    model: str, prompt_token_ids: list[int], params: SamplingParams, *, already: list[int] = ()
+) -> dict:
+    """The `/v1/completions` body that makes `vllm serve` run exactly `params` on the prompt.
+
+    `already`: tokens this call has generated on a replica that then failed; the body resumes
+    after them (they join the prompt, and the token budgets shrink by their number)."""
+    done = len(already)
     body: dict[str, Any] = {
         "model": model,
-        "prompt": list(prompt_token_ids),
+        "prompt": [*prompt_token_ids, *already],
         "stream": True,
         "stream_options": {"include_usage": True},
         "return_token_ids": True,
         "n": 1,
-        "max_tokens": params.max_tokens,
+        "max_tokens": params.max_tokens - done if params.max_tokens is not None else None,
         "temperature": params.temperature,
         "top_p": params.top_p,
         "top_k": params.top_k if params.top_k and params.top_k > 0 else None,
@@ -100,7 +119,7 @@ def completion_body(model: str, prompt_token_ids: list[int], params: SamplingPar
         "stop": list(params.stop) if params.stop else None,
         "stop_token_ids": list(params.stop_token_ids) if params.stop_token_ids else None,
         "ignore_eos": params.ignore_eos,
-        "min_tokens": params.min_tokens,
+        "min_tokens": max(params.min_tokens - done, 0),
         "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
         "repetition_penalty": params.repetition_penalty,
@@ -260,8 +279,9 @@ class RemoteEngine:
         priority: int = 0,
         rollback_steps: int | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """One engine call as one streamed completion; failed over to another replica (sent
-        again whole) when its replica fails before anything was yielded.
+        """One engine call as one streamed completion, failed over to another replica when
+        its replica fails (connection lost, 5xx, stream cut): sent again whole if nothing was
+        yielded yet, else resumed after the tokens already yielded (`_resumable`).
 
         `priority` is not forwarded: a replica started without `--scheduling-policy priority`
         refuses any non-zero priority, and the gateway cannot see how replicas were started;
@@ -274,35 +294,68 @@ class RemoteEngine:
             self.settings.engine_routing_header: routing_key or request_id,
             "X-Request-Id": request_id,
         }
-        body = completion_body(self.model_name, prompt_token_ids, params)
+        prompt = list(prompt_token_ids)
         call = _Call()
+        segment = 0  # where the attempt now running started in call.token_ids
+        charge = False  # whether an attempt is left to charge when the call ends
         attempts = self.settings.engine_retries + 1
         try:
             for attempt in range(1, attempts + 1):
-                call = _Call()
+                segment = len(call.token_ids)
+                call.cached_tokens = None
+                if params.max_tokens is not None and segment >= params.max_tokens:
+                    # Cut after its last token but before the chunk that said so: it is done.
+                    call.finish_reason = "length"
+                    delta = CompletionOutput(0, "", [], None, [], "length")
+                    output = self._output(request_id, prompt, call, delta, params.output_kind)
+                    if output is not None:
+                        yield output
+                    return
+                body = completion_body(self.model_name, prompt, params, already=call.token_ids)
+                charge = True
                 try:
-                    async for output in self._stream(body, headers, call, params, request_id):
+                    stream = self._stream(body, headers, call, params, request_id, prompt)
+                    async for output in stream:
                         call.yielded = True
                         yield output
                     return
                 except ReplicaError as exc:
-                    if call.yielded or attempt == attempts:
+                    resume = call.yielded and _resumable(params)
+                    if attempt == attempts or (call.yielded and not resume):
                         logger.warning("engine call %s failed: %s", request_id, exc)
                         raise APIError(
                             f"engine replica failed: {exc}", status=503, code="engine_unavailable"
                         ) from None
+                    if resume:
+                        # It ran: charge it (as with whole retries, an attempt that gave no
+                        # token is not).
+                        if len(call.token_ids) > segment:
+                            self._charge(meter, component, prompt, call, segment)
+                        charge = False
+                    else:
+                        call = _Call()
                     logger.info(
-                        "engine call %s failed on its replica (%s); retry %d", request_id, exc,
-                        attempt,
+                        "engine call %s failed on its replica (%s); %s, try %d", request_id, exc,
+                        f"resumed after {len(call.token_ids)} tokens" if resume else "sent again",
+                        attempt + 1,
                     )  # fmt: skip
                     await asyncio.sleep(self.settings.engine_retry_backoff_s * attempt)
         finally:
-            meter.record_generation(
-                prompt_tokens=len(prompt_token_ids),
-                cached_tokens=call.cached_tokens or 0,
-                generated_tokens=len(call.token_ids),
-                component=component,
-            )
+            if charge:
+                self._charge(meter, component, prompt, call, segment)
+
+    @staticmethod
+    def _charge(
+        meter: UsageMeter, component: Component, prompt: list[int], call: _Call, segment: int
+    ) -> None:
+        """Charge one attempt: its prompt was the call's prompt plus the tokens generated
+        before it (`segment`), and it generated the tokens after."""
+        meter.record_generation(
+            prompt_tokens=len(prompt) + segment,
+            cached_tokens=call.cached_tokens or 0,
+            generated_tokens=len(call.token_ids) - segment,
+            component=component,
+        )
 
     async def _stream(
         self,
@@ -311,8 +364,10 @@ class RemoteEngine:
         call: _Call,
         params: SamplingParams,
         request_id: str,
+        prompt: list[int],
     ) -> AsyncIterator[RequestOutput]:
-        """Read one call's SSE stream into `call`, yielding per `params.output_kind`. The
+        """Read one attempt's SSE stream into `call`, yielding per `params.output_kind` (the
+        outputs carry the call's own `prompt`, not a resumed attempt's longer one). The
         output that finishes the call is held until the usage chunk after it (the cache
         hits), so a caller that stops at `finished` still gets the call charged right."""
         kind = params.output_kind
@@ -340,7 +395,7 @@ class RemoteEngine:
                     delta = self._apply(chunk, call)
                     if delta is None:
                         continue
-                    output = self._output(request_id, body["prompt"], call, delta, kind)
+                    output = self._output(request_id, prompt, call, delta, kind)
                     if output is None:
                         continue
                     if output.finished:

@@ -256,3 +256,46 @@ def test_a_killed_replica_fails_over_and_a_restarted_one_rejoins(cluster: Cluste
         took = deltas[0]
         i += 1
     assert took > 0, "the restarted replica never got a tree"
+
+
+def _stream_chunks(response: httpx.Response) -> Iterator[dict | str]:
+    for line in response.iter_lines():
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            yield data if data == "[DONE]" else json.loads(data)
+
+
+@pytest.mark.slow
+def test_a_stream_cut_by_a_dead_replica_goes_on_on_the_survivor(cluster: Cluster) -> None:
+    """SIGKILL the replica that is streaming a greedy completion to the client: the stream goes
+    on from where it was (the call resumed on the survivor) and ends with the text an
+    uncut run gives. Last in the module: it leaves one replica dead."""
+    body = _body("baseline", temperature=0, max_tokens=900, ignore_eos=True, stream=True)
+    body["stream_options"] = {"include_usage": True}
+    url = f"{cluster.gateways[0].url}/v1/completions"
+    with httpx.stream("POST", url, json=body, timeout=300) as r:
+        reference = [c for c in _stream_chunks(r) if isinstance(c, dict)]
+    expected = "".join(c["choices"][0]["text"] for c in reference if c["choices"])
+
+    chunks: list = []
+    killed = None
+    with httpx.stream("POST", url, json=body, timeout=300) as r:
+        assert r.status_code == 200
+        for chunk in _stream_chunks(r):
+            chunks.append(chunk)
+            if killed is None and len(chunks) == 20:  # mid-stream: kill the replica running it
+                running = [
+                    servers.metric_total(servers.scrape_metrics(p.url), "vllm:num_requests_running")
+                    for p in cluster.replicas
+                ]
+                assert sorted(running) == [0, 1], running
+                killed = cluster.replicas[running.index(1)]
+                os.killpg(killed.process.pid, signal.SIGKILL)
+                killed.process.wait()
+    assert killed is not None and chunks[-1] == "[DONE]"
+    assert not any(isinstance(c, dict) and "error" in c for c in chunks), chunks[-3:]
+    text = "".join(c["choices"][0]["text"] for c in chunks if isinstance(c, dict) and c["choices"])
+    assert text == expected
+    usage = chunks[-2]["usage"]
+    assert usage["completion_tokens"] == 900
+    assert usage["engine_calls"] == 2  # the cut call and its resumption

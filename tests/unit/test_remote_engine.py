@@ -206,6 +206,79 @@ def test_a_stream_cut_mid_call_is_retried_when_nothing_was_yielded() -> None:
     assert calls["n"] == 2 and list(outs[-1].outputs[0].token_ids) == [10, 11, 12]
 
 
+def _cut_after(tokens: list[int], chunks: list[dict]) -> httpx.Response:
+    """A replica that streamed `tokens` of `chunks` and died (no finish, no [DONE])."""
+    return httpx.Response(
+        200, content=b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks[:tokens])
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        (RequestOutputKind.DELTA, [[10], [11], [12]]),
+        (RequestOutputKind.CUMULATIVE, [[10], [10, 11], [10, 11, 12]]),
+    ],
+)
+def test_a_stream_cut_after_yielding_resumes_on_another_replica(kind, expected) -> None:
+    """Tokens already streamed to the client are kept: the call goes on after them, with the
+    prompt grown by them and the budget shrunk, and each attempt is charged for its part."""
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        if len(bodies) == 1:
+            return _cut_after(2, _chunks([10, 11, 12]))
+        return httpx.Response(200, content=_sse(_chunks([12], cached=7)))
+
+    meter = UsageMeter(FLOPS)
+    outs = asyncio.run(_collect(_engine(handler), kind, meter))
+    assert [list(o.outputs[0].token_ids) for o in outs] == expected
+    assert all(o.prompt_token_ids == [1, 2, 3, 4, 5, 6] for o in outs)
+    assert outs[-1].finished and outs[-1].num_cached_tokens == 7
+    assert [b["prompt"] for b in bodies] == [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 10, 11]]
+    assert [b["max_tokens"] for b in bodies] == [3, 1]
+    policy = meter.component("policy")
+    assert (policy.engine_calls, policy.prompt_tokens, policy.generated_tokens) == (2, 14, 3)
+    assert policy.cached_tokens == 7  # the cut attempt never reported its cache hits
+
+
+def test_a_call_cut_after_its_last_token_finishes_without_another_call() -> None:
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        chunks = _chunks([10, 11, 12])
+        chunks[2]["choices"][0]["finish_reason"] = None  # the finish never arrived
+        return _cut_after(3, chunks)
+
+    outs = asyncio.run(_collect(_engine(handler), RequestOutputKind.DELTA, UsageMeter(FLOPS)))
+    assert len(bodies) == 1
+    assert [list(o.outputs[0].token_ids) for o in outs] == [[10], [11], [12], []]
+    assert outs[-1].finished and outs[-1].outputs[0].finish_reason == "length"
+
+
+def test_a_logits_processor_call_cut_after_yielding_is_a_503() -> None:
+    """A logits processor's per-call state cannot be carried to another replica."""
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return _cut_after(1, _chunks([10, 11, 12]))
+
+    params = SamplingParams(
+        max_tokens=3, output_kind=RequestOutputKind.DELTA, extra_args=_spec().to_extra_args()
+    )
+
+    async def run() -> list:
+        engine = _engine(handler)
+        return [o async for o in engine.generate([1, 2], params, UsageMeter(FLOPS))]
+
+    with pytest.raises(APIError) as err:
+        asyncio.run(run())
+    assert calls["n"] == 1 and err.value.status == 503
+
+
 def test_retries_exhausted_is_a_clean_503() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
