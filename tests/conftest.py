@@ -76,6 +76,13 @@ def http_client(gw: Gateway) -> Iterator[httpx.Client]:
         yield c
 
 
+def completion_ok(http: httpx.Client, body: dict) -> dict:
+    """POST a completion that must succeed; its JSON (the error's text when it did not)."""
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def scrape_metrics(http: httpx.Client) -> dict[str, float]:
     """Every sample of the gateway's /metrics, keyed by name and labels as exported."""
     samples: dict[str, float] = {}

@@ -306,7 +306,14 @@ class RemoteEngine:
                 if params.max_tokens is not None and segment >= params.max_tokens:
                     # Cut after its last token but before the chunk that said so: it is done.
                     call.finish_reason = "length"
-                    delta = CompletionOutput(0, "", [], None, [], "length")
+                    delta = CompletionOutput(
+                        index=0,
+                        text="",
+                        token_ids=[],
+                        cumulative_logprob=None,
+                        logprobs=None,
+                        finish_reason="length",
+                    )
                     output = self._output(request_id, prompt, call, delta, params.output_kind)
                     if output is not None:
                         yield output

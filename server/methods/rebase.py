@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -128,6 +128,19 @@ class Rebase(Method):
         yield tree.answer(result)
 
 
+# More seeds than one tree can draw (one per expansion: at most width x max_depth = 64 x 64):
+# tree i of a request starts its seeds this far after tree i - 1, so trees never share one.
+SEEDS_PER_TREE = 1 << 20
+
+
+def tree_seeds(seed: int | None, index: int) -> Iterator[int]:
+    """The seeds tree `index` of a request gives its expansions, one each, in order: the same
+    tree for the same request seed, and (as with `n` baseline choices) a different tree per
+    choice. Tree 0's stream does not depend on `n`."""
+    start = seed * 1_000_003 if seed is not None else 0
+    return itertools.count(start + index * SEEDS_PER_TREE)
+
+
 @dataclass
 class GeneratedStep:
     token_ids: list[int]
@@ -156,8 +169,7 @@ class _Tree:
         self.root = root_node(ctx.engine.encode(prefix) if prefix else [], prefix)
         self.scheduler = scheduler_for(ctx)
         self.reward: RewardModel = get_reward_model(ctx, params.reward_model)
-        seed = inp.sampling.seed
-        self._seeds = itertools.count(seed * 1_000_003 if seed is not None else 0)
+        self._seeds = tree_seeds(inp.sampling.seed, index)
         self.tree_tokens = 0
         self.reward_calls = 0
         # `priority` scheduler: score each child when its step is done; rank by request age.

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from tests.conftest import completion_ok
+
 pytestmark = pytest.mark.e2e
 
 PROMPT = "Q: Weng earns $12 an hour. How much for 50 minutes?\nA:"
@@ -36,9 +38,7 @@ def quiet_star(http, **overrides) -> dict:
         "quiet_star": {"thought_tokens": 3, "mixing_weight": 0.5, "return_thoughts": True},
     }
     body.update(overrides)
-    response = http.post("/v1/completions", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
+    return completion_ok(http, body)
 
 
 def test_forced_tokens_land_at_their_positions_and_banned_never_sampled(http, hf_model) -> None:

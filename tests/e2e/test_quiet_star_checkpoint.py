@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from tests.conftest import Gateway, http_client, running_gateway
+from tests.conftest import Gateway, completion_ok, http_client, running_gateway
 from tests.quiet_star_checkpoint import START, build_quiet_star_checkpoint
 from tests.quiet_star_reference import ReferenceQuietStar
 
@@ -46,9 +46,7 @@ def reference(checkpoint_gateway: Gateway) -> ReferenceQuietStar:
 def complete(qs: httpx.Client, **body) -> dict:
     payload = {"prompt": PROMPT, "method": "quiet_star", "seed": 7, **body}
     payload.setdefault("quiet_star", {"return_thoughts": True})
-    response = qs.post("/v1/completions", json=payload)
-    assert response.status_code == 200, response.text
-    return response.json()
+    return completion_ok(qs, payload)
 
 
 def served_probs(top: dict[str, float], tokenizer, vocab: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import http_client, running_gateway, scrape_metrics
+from tests.conftest import completion_ok, http_client, running_gateway, scrape_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -30,9 +30,7 @@ def generate(http: httpx.Client, **overrides) -> dict:
         "quiet_star": {"thought_tokens": 3, "mixing_weight": 0.5, "return_thoughts": True},
     }
     body.update(overrides)
-    response = http.post("/v1/completions", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
+    return completion_ok(http, body)
 
 
 def metric(samples: dict[str, float], name: str, label: str = "") -> float:

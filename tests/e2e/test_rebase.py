@@ -55,6 +55,18 @@ def test_concurrent_rebase_requests_complete(http) -> None:
         assert usage["flops"]["executed"] < usage["flops"]["nominal"]
 
 
+def test_seeded_trees_of_one_request_differ_and_reproduce(http) -> None:
+    """n = 2 with a seed: two different trees (choice i is not choice 0 again), the same two
+    on a second try, and choice 0 is the n = 1 request's tree."""
+    body = rebase_body(seed=7, n=2, temperature=1.0, ignore_eos=True)
+    first, again = (http.post("/v1/completions", json=body).json() for _ in range(2))
+    texts = [c["text"] for c in sorted(first["choices"], key=lambda c: c["index"])]
+    assert texts == [c["text"] for c in sorted(again["choices"], key=lambda c: c["index"])]
+    assert texts[0] != texts[1]
+    single = http.post("/v1/completions", json={**body, "n": 1}).json()
+    assert single["choices"][0]["text"] == texts[0]
+
+
 def test_seeded_rebase_is_reproducible(http) -> None:
     first = http.post("/v1/completions", json=rebase_body(seed=7)).json()
     again = http.post("/v1/completions", json=rebase_body(seed=7)).json()
