@@ -256,4 +256,3 @@ def test_a_killed_replica_fails_over_and_a_restarted_one_rejoins(cluster: Cluste
         took = deltas[0]
         i += 1
     assert took > 0, "the restarted replica never got a tree"
-
