@@ -26,7 +26,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,17 +86,23 @@ def _resumable(params: SamplingParams) -> bool:
     """Whether a call cut after some tokens may go on, on another replica, from where it was.
 
     The resumed call's prompt is the original prompt plus the tokens already generated, and its
-    budgets (`max_tokens`, `min_tokens`) shrink by their number: for greedy decoding the
-    result is the uninterrupted call's; sampled, it is an equally valid sample (a seed restarts
-    its generator there). Not resumable: a call with logits-processor arguments (the processor
-    keeps per-call state over the whole output, e.g. Quiet-STaR's thought and talk phases) or
-    with logprobs of the prompt. One edge is not covered: a stop string whose first characters
-    came before the cut and the rest after is not seen by the replica (docs/scaling.md)."""
+    budgets (`max_tokens`, `min_tokens`) shrink by their number: greedy decoding goes on from the
+    same context (the uncut call's tokens, up to numerical differences between replicas);
+    sampled, it is an equally valid sample (a seed restarts its generator there).
+
+    Not resumable: a call with logits-processor arguments (the processor keeps per-call state
+    over the whole output, e.g. Quiet-STaR's thought and talk phases) or with prompt logprobs.
+    One edge is not covered: a stop string whose first characters came before the cut and the
+    rest after is not seen by the replica (docs/scaling.md)."""
     return not params.extra_args and not params.prompt_logprobs
 
 
 def completion_body(
-    model: str, prompt_token_ids: list[int], params: SamplingParams, *, already: list[int] = ()
+    model: str,
+    prompt_token_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    already: Sequence[int] = (),
 ) -> dict:
     """The `/v1/completions` body that makes `vllm serve` run exactly `params` on the prompt.
 
@@ -303,21 +309,6 @@ class RemoteEngine:
             for attempt in range(1, attempts + 1):
                 segment = len(call.token_ids)
                 call.cached_tokens = None
-                if params.max_tokens is not None and segment >= params.max_tokens:
-                    # Cut after its last token but before the chunk that said so: it is done.
-                    call.finish_reason = "length"
-                    delta = CompletionOutput(
-                        index=0,
-                        text="",
-                        token_ids=[],
-                        cumulative_logprob=None,
-                        logprobs=None,
-                        finish_reason="length",
-                    )
-                    output = self._output(request_id, prompt, call, delta, params.output_kind)
-                    if output is not None:
-                        yield output
-                    return
                 body = completion_body(self.model_name, prompt, params, already=call.token_ids)
                 charge = True
                 try:
@@ -412,7 +403,19 @@ class RemoteEngine:
         except httpx.TransportError as exc:
             raise ReplicaError(f"{type(exc).__name__}: {exc}") from None
         if call.finish_reason is None:
-            raise ReplicaError("the stream ended before the call finished")
+            if params.max_tokens is None or len(call.token_ids) < params.max_tokens:
+                raise ReplicaError("the stream ended before the call finished")
+            # Cut after its last token, before the chunk that said so: the call is done.
+            call.finish_reason = "length"
+            done = CompletionOutput(
+                index=0,
+                text="",
+                token_ids=[],
+                cumulative_logprob=None,
+                logprobs=None,
+                finish_reason="length",
+            )
+            pending = self._output(request_id, prompt, call, done, kind)
         if pending is not None:
             pending.num_cached_tokens = call.cached_tokens
             yield pending

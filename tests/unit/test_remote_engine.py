@@ -206,10 +206,10 @@ def test_a_stream_cut_mid_call_is_retried_when_nothing_was_yielded() -> None:
     assert calls["n"] == 2 and list(outs[-1].outputs[0].token_ids) == [10, 11, 12]
 
 
-def _cut_after(tokens: list[int], chunks: list[dict]) -> httpx.Response:
-    """A replica that streamed `tokens` of `chunks` and died (no finish, no [DONE])."""
+def _cut_after(count: int, chunks: list[dict]) -> httpx.Response:
+    """A replica that streamed the first `count` of `chunks` and died (no finish, no [DONE])."""
     return httpx.Response(
-        200, content=b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks[:tokens])
+        200, content=b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks[:count])
     )
 
 
