@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         description="PRM-engine scoring calls in flight ('priority' scheduler: the PRM has its "
         "own bound instead of policy slots).",
     )
+    rebase_min_share: int = Field(
+        1,
+        ge=0,
+        description="'priority' scheduler: jobs every request with queued work keeps running "
+        "before the age order applies (the fairness bound); 0: pure age order, oldest first.",
+    )
     rebase_kv_watermark: float = Field(
         0.95,
         gt=0,

@@ -50,7 +50,7 @@ from loadtest.harness.servers import REPO, metric_total, scrape_metrics, start_g
 from loadtest.harness.tables import fmt, fmt_spread, markdown_table
 from server.answers import answers_match
 
-CONFIG_RE = re.compile(r"^(priority|fair|direct)(\d+)$")
+CONFIG_RE = re.compile(r"^(priority|fair|direct)(\d+)(?:-share(\d+))?$")
 RUNNING_GAUGE = "vllm:num_requests_running"
 ENGINE_COUNTERS = (
     "vllm:prompt_tokens_total",
@@ -98,10 +98,22 @@ class TreeSettings:
 
 def parse_config(name: str) -> tuple[str, int]:
     """``fair8`` -> ("fair", 8): the gateway's REBASE scheduler and the requests in flight."""
+    return _match_config(name)[:2]
+
+
+def config_min_share(name: str) -> int | None:
+    """``priority16-share0`` -> 0: the `priority` scheduler's fairness bound
+    (``--rebase-min-share``); None: the gateway's default."""
+    return _match_config(name)[2]
+
+
+def _match_config(name: str) -> tuple[str, int, int | None]:
     m = CONFIG_RE.match(name)
-    if m is None:
-        raise ValueError(f"config must look like priority16, fair8 or direct16, got {name!r}")
-    return m.group(1), int(m.group(2))
+    if m is None or (m.group(3) is not None and m.group(1) != "priority"):
+        raise ValueError(
+            f"config must look like priority16, priority16-share0, fair8 or direct16, got {name!r}"
+        )
+    return m.group(1), int(m.group(2)), None if m.group(3) is None else int(m.group(3))
 
 
 def tree_prompt_tokens(usage: dict[str, Any], tree: dict[str, Any]) -> int:
@@ -189,6 +201,8 @@ def session(args, tree: TreeSettings, rnd: int, name: str, best_of_n: bool) -> d
     qs = cli.questions(args, args.questions)
     log = cli.logs_dir(args) / f"r{rnd}-{name}.log"
     extra = ["--rebase-scheduler", scheduler]
+    if (min_share := config_min_share(name)) is not None:
+        extra += ["--rebase-min-share", str(min_share)]
     if args.max_in_flight is not None:
         extra += ["--rebase-max-in-flight", str(args.max_in_flight)]
     load: dict[str, Any] = {"concurrency": concurrency}

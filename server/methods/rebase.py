@@ -346,6 +346,7 @@ def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
             scheduler = PriorityScheduler(
                 ctx.settings.rebase_max_in_flight,
                 lambda method, queued: metrics.QUEUE_DEPTH.labels(method).set(queued),
+                min_share=ctx.settings.rebase_min_share,
                 kv_blocks=layout[0] if layout else None,
                 kv_usage=KvUsageReader(),
                 kv_watermark=ctx.settings.rebase_kv_watermark,

@@ -10,7 +10,7 @@ import pytest
 
 from loadtest.benchmarks.gateway_overhead import random_token_prompts
 from loadtest.benchmarks.quiet_star_bench import expected_forward, tables, uncached_tail
-from loadtest.benchmarks.rebase_bench import parse_config, tree_prompt_tokens
+from loadtest.benchmarks.rebase_bench import config_min_share, parse_config, tree_prompt_tokens
 from loadtest.benchmarks.vllm_cli import _patched_version
 from loadtest.harness.cli import questions
 from server.flops import FlopsModel
@@ -92,8 +92,11 @@ def test_uncached_tail_and_expected_forward() -> None:
 def test_parse_config() -> None:
     assert parse_config("fair8") == ("fair", 8) and parse_config("direct16") == ("direct", 16)
     assert parse_config("priority16") == ("priority", 16)
-    with pytest.raises(ValueError):
-        parse_config("fast8")
+    assert parse_config("priority16-share0") == ("priority", 16)
+    assert config_min_share("priority16-share0") == 0 and config_min_share("priority16") is None
+    for bad in ("fast8", "fair8-share0", "priority16-share"):
+        with pytest.raises(ValueError):
+            parse_config(bad)
 
 
 def test_gateway_overhead_summary_is_median_over_rounds_and_ratio_of_medians() -> None:

@@ -250,10 +250,10 @@ def test_the_priority_setting_builds_a_kv_aware_priority_scheduler() -> None:
     ctx = MethodContext(
         engine=engine,  # type: ignore[arg-type]
         meter=None,  # type: ignore[arg-type]
-        settings=Settings(rebase_scheduler="priority", rebase_kv_watermark=0.8),
+        settings=Settings(rebase_scheduler="priority", rebase_kv_watermark=0.8, rebase_min_share=0),
         request_id="cmpl-x-p0",
     )
     scheduler = scheduler_for(ctx)
     assert isinstance(scheduler, PriorityScheduler)
-    assert (scheduler.kv_blocks, scheduler.kv_watermark) == (300, 0.8)
+    assert (scheduler.kv_blocks, scheduler.kv_watermark, scheduler.min_share) == (300, 0.8, 0)
     assert scheduler_for(ctx) is scheduler  # one per process
