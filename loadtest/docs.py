@@ -50,6 +50,13 @@ SOURCES: dict[str, Source] = {
         "throughput --configs priority16,direct16,fair16 --width 16 --questions 16 "
         "--max-num-seqs 64 ",
     ),
+    # The same comparison with open-loop (Poisson) arrivals, the fairness bound off and on.
+    "rebase_open_loop": _bench(
+        "rebase_open_loop",
+        "rebase_bench",
+        "throughput --configs priority16-share0,priority16,direct16,fair16 --width 8 "
+        "--questions 12 --max-num-seqs 32 --arrival-rate 0.1 ",
+    ),
     "quiet_star_forward": _bench("quiet_star_forward", "quiet_star_bench", "forward "),
     "quiet_star_speed": _bench("quiet_star_speed", "quiet_star_bench", "speed "),
     "quiet_star_methods": _bench("quiet_star_methods", "quiet_star_bench", "methods "),

@@ -375,8 +375,8 @@ def tables(payload: dict[str, Any]) -> dict[str, str]:
         rate = payload.get("settings", {}).get("arrival_rate")
         lines.append(f"- open loop: Poisson arrivals, {rate} requests/s")
     table = markdown_table(header, rows) + "\n\n" + "\n".join(lines)
-    # Also under the name of the scheduler comparison's own result file (loadtest/docs.py).
-    out = {"rebase_throughput": table, "rebase_scheduler": table}
+    # Also under the names of the scheduler comparisons' own result files (loadtest/docs.py).
+    out = {"rebase_throughput": table, "rebase_scheduler": table, "rebase_open_loop": table}
     bon = next((s["best_of_n"] for s in sessions if "best_of_n" in s), None)
     if bon:
         tot = {
