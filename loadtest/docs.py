@@ -62,6 +62,7 @@ SOURCES: dict[str, Source] = {
     "quiet_star_methods": _bench("quiet_star_methods", "quiet_star_bench", "methods "),
     "quiet_star_coherence": _bench("quiet_star_coherence", "quiet_star_bench", "coherence "),
     "remote_hop": _bench("remote_hop", "remote_hop", ""),
+    "cpu_binding": _bench("cpu_binding", "cpu_binding", ""),
 }
 
 

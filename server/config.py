@@ -7,6 +7,7 @@ Values left at `None` are resolved for the hardware by :func:`resolve_hardware_d
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -84,6 +85,14 @@ class Settings(BaseSettings):
         None, description="KV block size; 32 on CPU (the smallest it takes) so prefixes hit."
     )
     kv_cache_gib: int = Field(4, ge=1, description="KV cache size on CPU (GiB, whole).")
+    cpu_threads_bind: str | None = Field(
+        None,
+        description="CPU cores the engine's model threads use (vLLM's VLLM_CPU_OMP_THREADS_BIND): "
+        "'auto' = vLLM's choice (all cores but one, kept for its scheduler process); 'all' = "
+        "every core this process may use; or a list such as '0-7'. Default: 'all' on machines "
+        "with 4 cores or fewer (where the kept core is a large share: docs/benchmarks.md), "
+        "else 'auto'; an operator's VLLM_CPU_OMP_THREADS_BIND is left alone.",
+    )
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_model_len: int | None = Field(
         None, ge=64, description="Longest prompt + completion (tokens); default: the model's own."
@@ -228,4 +237,30 @@ def resolve_hardware_defaults(settings: Settings) -> Settings:
         updates["block_size"] = 32 if on_cpu else 16
     if settings.enforce_eager is None:
         updates["enforce_eager"] = on_cpu
+    if settings.cpu_threads_bind is None and on_cpu:
+        updates["cpu_threads_bind"] = default_cpu_threads_bind()
     return settings.model_copy(update=updates)
+
+
+SMALL_MACHINE_CORES = 4
+
+
+def default_cpu_threads_bind() -> str:
+    """'all' on a small machine, else vLLM's 'auto'.
+
+    Why: vLLM's CPU backend keeps one core free for its scheduler process, which busy-waits
+    on the model worker. On a 2-core machine that halves the cores the model runs on; measured
+    there, binding the worker to both cores makes a decode step faster (docs/benchmarks.md,
+    "CPU threads"). An operator's own VLLM_CPU_OMP_THREADS_BIND wins."""
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        return "auto"
+    return "all" if len(os.sched_getaffinity(0)) <= SMALL_MACHINE_CORES else "auto"
+
+
+def omp_threads_bind_value(setting: str) -> str | None:
+    """What VLLM_CPU_OMP_THREADS_BIND is set to for `cpu_threads_bind` (None: leave it)."""
+    if setting == "auto":
+        return None
+    if setting == "all":
+        return ",".join(str(core) for core in sorted(os.sched_getaffinity(0)))
+    return setting

@@ -23,7 +23,7 @@ from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
 from kernels.quiet_star import checkpoint as quiet_star_checkpoint
 from kernels.quiet_star.plugin import register as register_quiet_star_model
 from kernels.quiet_star.scheduler import SCHEDULER_FQCN as QUIET_STAR_SCHEDULER
-from server.config import Settings
+from server.config import Settings, omp_threads_bind_value
 from server.flops import FlopsModel
 from server.tracing import engine_request_id
 from server.usage import Component, UsageMeter
@@ -45,6 +45,9 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
     if settings.device == "cpu":
         # Without this, vLLM's CPU backend reserves most of the machine's RAM for KV cache.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
+        bind = omp_threads_bind_value(settings.cpu_threads_bind or "auto")
+        if bind is not None:  # vLLM's engine processes inherit it
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
     else:
         # Our Quiet-STaR processor implements the V1 model-runner interface (the one vLLM
         # always uses on CPU); pin it on GPU too, where Model Runner V2 is the default.

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from server.config import default_cpu_threads_bind, omp_threads_bind_value
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -221,6 +223,11 @@ def start_vllm_serve(
         "PYTHONUNBUFFERED": "1",
         "HF_HUB_OFFLINE": "1",
     }
+    # The cores the gateway's own engine would use by default, so both sides of a comparison
+    # run the model on the same cores (server/config.py, default_cpu_threads_bind).
+    bind = omp_threads_bind_value(default_cpu_threads_bind())
+    if bind is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = bind
     return start_server("vllm", vllm_serve_command(engine, port, *extra_args), env, log_path, port)
 
 

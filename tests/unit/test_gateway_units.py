@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from server.api.errors import validation_error
 from server.api.protocol import CompletionRequest
-from server.config import Settings, resolve_hardware_defaults
+from server.config import Settings, default_cpu_threads_bind, resolve_hardware_defaults
 from server.detokenize import IncrementalText
 from server.engine import build_engine_args
 from server.methods.streams import merge_streams
@@ -57,6 +57,42 @@ def test_cpu_defaults_pick_float32_block_32_and_eager() -> None:
     settings = resolve_hardware_defaults(Settings(device="cpu"))
     assert settings.block_size == 32 and settings.enforce_eager is True
     assert settings.dtype in ("float32", "auto")
+
+
+@pytest.fixture(autouse=True)
+def _no_omp_bind_leak(monkeypatch) -> None:
+    """build_engine_args exports VLLM_CPU_OMP_THREADS_BIND; undo it after each test so
+    the gateways other tests start see the machine's environment."""
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("cores", "env", "expected"),
+    [({0, 1}, None, "all"), (set(range(4)), None, "all"), (set(range(16)), None, "auto"),
+     ({0, 1}, "0", "auto")],
+)  # fmt: skip
+def test_small_machines_bind_the_model_to_every_core_unless_the_operator_chose(
+    monkeypatch, cores, env, expected
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores)
+    if env is not None:
+        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", env)
+    assert default_cpu_threads_bind() == expected
+    settings = resolve_hardware_defaults(Settings(device="cpu"))
+    assert settings.cpu_threads_bind == expected
+    assert resolve_hardware_defaults(Settings(device="cuda")).cpu_threads_bind is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "exported"), [("all", "0,1,3"), ("auto", None), ("2-5", "2-5")]
+)
+def test_engine_args_export_the_cpu_thread_binding(
+    monkeypatch, tiny_model_dir, setting, exported
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 0, 1})
+    settings = resolve_hardware_defaults(Settings(device="cpu", cpu_threads_bind=setting))
+    build_engine_args(settings, str(tiny_model_dir))
+    assert os.environ.get("VLLM_CPU_OMP_THREADS_BIND") == exported
 
 
 def test_explicit_settings_win_over_hardware_defaults() -> None:
