@@ -60,7 +60,8 @@ def measure(args: argparse.Namespace, rnd: int, side: str) -> dict[str, Any]:
     log = cli.logs_dir(args) / f"r{rnd}-{side}.log"
     session: dict[str, Any] = {"side": side, "round": rnd}
     with start_gateway(engine, log, "--cpu-threads-bind", side, attempts=2) as gateway:
-        run_bodies(gateway.url, [{"model": engine.name(), "prompt": "Warm-up.", "max_tokens": 8}])
+        warm = {"model": engine.name(), "prompt": "Warm-up.", "max_tokens": 8}
+        run_bodies(gateway.url, [warm], concurrency=1)
         for key, _, method, concurrency in WORKLOADS:
             load = bodies(args, engine.name(), method, concurrency)
             done = run_bodies(gateway.url, load, concurrency=concurrency)
