@@ -19,7 +19,6 @@ from typing import Any
 from loadtest.harness import cli
 from loadtest.harness.driver import run_bodies
 from loadtest.harness.results import compare_sides
-from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import start
 from loadtest.harness.tables import two_side_table
 from loadtest.stats import percentile
@@ -164,19 +163,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body(save: cli.Save) -> dict[str, Any]:
-        sessions = run_rounds(
+        sources = ["client"] + (["vllm_bench"] if args.vllm_bench else [])
+        return cli.rounds_payload(
+            args,
             SIDES,
             lambda r, side: measure(args, r, side),
-            args.rounds,
-            lambda ss: save({"sessions": ss}),
+            lambda ss: {src: summary(ss, src) for src in sources},
+            save,
         )
-        sources = ["client"] + (["vllm_bench"] if args.vllm_bench else [])
-        return {
-            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "logs")},
-            "engine": cli.engine_settings(args).__dict__,
-            "summary": {src: summary(sessions, src) for src in sources},
-            "sessions": sessions,
-        }
 
     payload = cli.run_benchmark(NAME, args, body)
     print("\n\n".join(tables(payload).values()))

@@ -22,7 +22,6 @@ from typing import Any
 from loadtest.harness import cli
 from loadtest.harness.driver import run_bodies
 from loadtest.harness.results import compare_sides
-from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import (
     EngineSettings,
     ServerProcess,
@@ -149,18 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body(save: cli.Save) -> dict[str, Any]:
-        sessions = run_rounds(
+        return cli.rounds_payload(
+            args,
             SIDES,
             lambda r, side: measure(args, r, side),
-            args.rounds,
-            lambda ss: save({"sessions": ss}),
+            lambda ss: summary(ss, args.methods),
+            save,
         )
-        return {
-            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "logs")},
-            "engine": cli.engine_settings(args).__dict__,
-            "summary": summary(sessions, args.methods),
-            "sessions": sessions,
-        }
 
     payload = cli.run_benchmark(NAME, args, body)
     print("\n\n".join(tables(payload).values()))

@@ -15,7 +15,7 @@ from typing import Any
 from loadtest.data import DataError, Problem, default_source, load_problems
 from loadtest.harness.lock import LockHeld, measurement_lock
 from loadtest.harness.results import write_result
-from loadtest.harness.rounds import DEFAULT_ROUNDS
+from loadtest.harness.rounds import DEFAULT_ROUNDS, run_rounds
 from loadtest.harness.servers import EngineSettings, exit_on_sigterm
 
 # The benchmarks' prompt: the paper's zero-shot CoT line, with the newline a step needs.
@@ -72,3 +72,21 @@ def run_benchmark(
     written = write_result(args.out, name, payload)
     print(f"wrote {args.out}", flush=True)
     return written
+
+
+def rounds_payload(
+    args: argparse.Namespace,
+    sides: tuple[str, ...],
+    measure: Callable[[int, str], dict[str, Any]],
+    summarize: Callable[[list[dict[str, Any]]], Any],
+    save: Save,
+) -> dict[str, Any]:
+    """The usual side-by-side benchmark body: ``measure(round, side)`` in alternating rounds
+    (each session saved as it ends), then the settings, engine, summary and sessions."""
+    sessions = run_rounds(sides, measure, args.rounds, lambda ss: save({"sessions": ss}))
+    return {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "logs")},
+        "engine": engine_settings(args).__dict__,
+        "summary": summarize(sessions),
+        "sessions": sessions,
+    }

@@ -176,3 +176,25 @@ def test_quiet_star_speed_table_is_per_t_and_concurrency_with_speedups() -> None
     assert "| gateway:per_token | 4 | 8 | 3.00x |" in table  # 42 / 14
     assert "| hf:none | 4 | 1 | 11.00x |" in table
     assert "| hf:none | 4 | 8 |" not in table  # the batch-1 loop is measured at concurrency 1
+
+
+def test_rounds_payload_alternates_sides_saves_each_session_and_summarises(tmp_path) -> None:
+    import argparse
+
+    from loadtest.harness import cli
+
+    args = argparse.Namespace(rounds=2, out=tmp_path / "x.json", logs=None, model=None,
+                              served_model_name=None, kv_cache_gib=4, seed=7)  # fmt: skip
+    saved: list[int] = []
+    payload = cli.rounds_payload(
+        args,
+        ("a", "b"),
+        lambda r, side: {"side": side, "round": r},
+        lambda ss: [s["side"] for s in ss],
+        lambda partial: saved.append(len(partial["sessions"])),
+    )
+    assert payload["summary"] == ["a", "b", "b", "a"]
+    assert saved == [1, 2, 3, 4]
+    assert payload["settings"] == {"rounds": 2, "model": None, "served_model_name": None,
+                                   "kv_cache_gib": 4, "seed": 7}  # fmt: skip
+    assert payload["engine"]["kv_cache_gib"] == 4
