@@ -50,6 +50,13 @@ SOURCES: dict[str, Source] = {
         "throughput --configs priority16,direct16,fair16 --width 16 --questions 16 "
         "--max-num-seqs 64 ",
     ),
+    # The same closed loop with the fairness bound off (age order alone) against `direct`.
+    "rebase_scheduler_share0": _bench(
+        "rebase_scheduler_share0",
+        "rebase_bench",
+        "throughput --configs priority16-share0,direct16 --width 16 --questions 16 "
+        "--max-num-seqs 64 ",
+    ),
     # The same comparison with open-loop (Poisson) arrivals, the fairness bound off and on.
     "rebase_open_loop": _bench(
         "rebase_open_loop",

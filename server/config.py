@@ -139,6 +139,12 @@ class Settings(BaseSettings):
         "router hashes to pick a replica (vllm-router's consistent_hash reads x-session-id).",
     )
     engine_api_key: str | None = Field(None, description="Bearer key the replicas/router need.")
+    engine_priority_scheduling: bool = Field(
+        False,
+        description="The replicas run `vllm serve --scheduling-policy priority`: forward each "
+        "call's vLLM priority (the 'priority' REBASE scheduler's age order). Off by default: "
+        "a replica without that policy refuses any non-zero priority.",
+    )
     engine_retries: int = Field(
         3, ge=0, description="Times an engine call is sent again after its replica failed."
     )

@@ -376,7 +376,15 @@ def tables(payload: dict[str, Any]) -> dict[str, str]:
         lines.append(f"- open loop: Poisson arrivals, {rate} requests/s")
     table = markdown_table(header, rows) + "\n\n" + "\n".join(lines)
     # Also under the names of the scheduler comparisons' own result files (loadtest/docs.py).
-    out = {"rebase_throughput": table, "rebase_scheduler": table, "rebase_open_loop": table}
+    out = {
+        name: table
+        for name in (
+            "rebase_throughput",
+            "rebase_scheduler",
+            "rebase_scheduler_share0",
+            "rebase_open_loop",
+        )
+    }
     bon = next((s["best_of_n"] for s in sessions if "best_of_n" in s), None)
     if bon:
         tot = {

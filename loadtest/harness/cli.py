@@ -29,6 +29,10 @@ def parser(description: str, *, rounds: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model folder or id (default: embedded SmolLM2)")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--kv-cache-gib", type=int, default=4, help="engine KV cache (GiB)")
+    p.add_argument("--dtype", default="float32", help="model dtype ('auto' on a GPU)")
+    p.add_argument(
+        "--block-size", type=int, default=32, help="KV block size (0: the engine's, 16 on GPU)"
+    )
     p.add_argument("--data", default=None, help=f"GSM8K source (default: {default_source()})")
     p.add_argument("--seed", type=int, default=0)
     if rounds:
@@ -45,7 +49,11 @@ def parser(description: str, *, rounds: bool = True) -> argparse.ArgumentParser:
 
 def engine_settings(args: argparse.Namespace) -> EngineSettings:
     return EngineSettings(
-        model=args.model, served_name=args.served_model_name, kv_cache_gib=args.kv_cache_gib
+        model=args.model,
+        served_name=args.served_model_name,
+        kv_cache_gib=args.kv_cache_gib,
+        dtype=args.dtype,
+        block_size=args.block_size or None,
     )
 
 

@@ -90,11 +90,15 @@ def _resumable(params: SamplingParams) -> bool:
     same context (the uncut call's tokens, up to numerical differences between replicas);
     sampled, it is an equally valid sample (a seed restarts its generator there).
 
-    Not resumable: a call with logits-processor arguments (the processor keeps per-call state
-    over the whole output, e.g. Quiet-STaR's thought and talk phases) or with prompt logprobs.
-    One edge is not covered: a stop string whose first characters came before the cut and the
-    rest after is not seen by the replica (docs/scaling.md)."""
-    return not params.extra_args and not params.prompt_logprobs
+    Not resumable:
+    * a call with logits-processor arguments (the processor keeps per-call state over the whole
+      output, e.g. Quiet-STaR's thought and talk phases) or with prompt logprobs;
+    * a call with stop strings: while a stop string may still match, vLLM holds back the last
+      characters of the streamed text (they come with the token that rules the match out), so
+      at a cut the text of the tokens already streamed is not all sent, and a stop string
+      begun before the cut and completed after it would go unseen by the new replica. Resumed,
+      the text would be wrong; a clean 503 is better (docs/scaling.md)."""
+    return not params.extra_args and not params.prompt_logprobs and not params.stop
 
 
 def completion_body(
@@ -103,11 +107,14 @@ def completion_body(
     params: SamplingParams,
     *,
     already: Sequence[int] = (),
+    priority: int = 0,
 ) -> dict:
     """The `/v1/completions` body that makes `vllm serve` run exactly `params` on the prompt.
 
     `already`: tokens this call has generated on a replica that then failed; the body resumes
-    after them (they join the prompt, and the token budgets shrink by their number)."""
+    after them (they join the prompt, and the token budgets shrink by their number).
+    `priority`: vLLM's (lower first); sent only when non-zero, so a replica on the default
+    first-come policy, which refuses any other value, never sees it."""
     done = len(already)
     body: dict[str, Any] = {
         "model": model,
@@ -139,6 +146,8 @@ def completion_body(
         body["return_tokens_as_token_ids"] = True
     if logprob_ids:
         body["logprob_token_ids"] = list(logprob_ids)
+    if priority:
+        body["priority"] = priority
     xargs = flat_xargs(params.extra_args)
     if xargs:
         body["vllm_xargs"] = xargs
@@ -289,10 +298,13 @@ class RemoteEngine:
         its replica fails (connection lost, 5xx, stream cut): sent again whole if nothing was
         yielded yet, else resumed after the tokens already yielded (`_resumable`).
 
-        `priority` is not forwarded: a replica started without `--scheduling-policy priority`
-        refuses any non-zero priority, and the gateway cannot see how replicas were started;
-        the REBASE scheduler's own order of submission still applies (docs/scaling.md)."""
-        del priority, rollback_steps  # never a continuation request here (see above)
+        `priority` is forwarded only under `--engine-priority-scheduling`: a replica started
+        without `--scheduling-policy priority` refuses any non-zero priority, and the gateway
+        cannot see how replicas were started; the REBASE scheduler's own order of submission
+        applies either way (docs/scaling.md)."""
+        del rollback_steps  # never a continuation request here (see above)
+        if not self.settings.engine_priority_scheduling:
+            priority = 0
         if params.n != 1:
             raise ValueError("RemoteEngine.generate runs one sequence; fan out n in the method")
         request_id = request_id or engine_request_id()
@@ -309,7 +321,9 @@ class RemoteEngine:
             for attempt in range(1, attempts + 1):
                 segment = len(call.token_ids)
                 call.cached_tokens = None
-                body = completion_body(self.model_name, prompt, params, already=call.token_ids)
+                body = completion_body(
+                    self.model_name, prompt, params, already=call.token_ids, priority=priority
+                )
                 charge = True
                 try:
                     stream = self._stream(body, headers, call, params, request_id, prompt)

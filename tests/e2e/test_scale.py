@@ -30,6 +30,10 @@ pytestmark = pytest.mark.e2e
 
 PROMPT = "Q: What is 2 + 3? A: Let's think step by step."
 SUCCESS = "vllm:request_success_total"
+# Replicas schedule by vLLM priority; gateway 1 runs the priority REBASE scheduler and forwards
+# each call's priority to them, gateway 0 the default scheduler (nothing forwarded).
+PRIORITY = ("--scheduling-policy", "priority")
+GATEWAY_PRIORITY = ("--rebase-scheduler", "priority", "--engine-priority-scheduling")
 HITS = "vllm:prefix_cache_hits_total"
 
 
@@ -68,7 +72,8 @@ def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         with ThreadPoolExecutor(2) as pool:
             replicas = list(
                 pool.map(
-                    lambda i: servers.start_replica(engine, log_dir / f"replica{i}.log"), range(2)
+                    lambda i: servers.start_replica(engine, log_dir / f"replica{i}.log", *PRIORITY),
+                    range(2),
                 )
             )
         started += replicas
@@ -80,6 +85,7 @@ def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
                 engine,
                 log_dir / f"gateway{i}.log",
                 "--engine-url", router.url, "--engine-replicas", "2",
+                *(GATEWAY_PRIORITY if i == 1 else ()),
             )  # fmt: skip
             started.append(gw)
             gateways.append(gw)
@@ -137,6 +143,21 @@ def test_remote_engine_gives_the_in_process_tokens(cluster: Cluster, gateway, bo
         assert lj["usage"]["engine_calls"] < rj["usage"]["engine_calls"]
     else:
         assert rj["usage"]["engine_calls"] == lj["usage"]["engine_calls"]
+
+
+def test_priority_rebase_on_priority_replicas_grows_the_in_process_tree(
+    cluster: Cluster, gateway
+) -> None:
+    """Gateway 1 sends every tree call with its (non-zero) vLLM priority; replicas on the
+    priority policy accept them, and the seeded trees are the in-process engine's."""
+    body = _body("rebase", temperature=1.0, seed=6, n=2)
+    local = _post(gateway.url, body)
+    remote = _post(cluster.gateways[1].url, body)
+    assert local.status_code == 200, local.text
+    assert remote.status_code == 200, remote.text
+    lj, rj = local.json(), remote.json()
+    assert [c["text"] for c in rj["choices"]] == [c["text"] for c in lj["choices"]]
+    assert rj["usage"]["engine_calls"] == lj["usage"]["engine_calls"]
 
 
 def test_streaming_through_the_remote_engine_matches(cluster: Cluster, gateway) -> None:
@@ -243,7 +264,7 @@ def test_a_killed_replica_fails_over_and_a_restarted_one_rejoins(cluster: Cluste
 
     port = int(victim.url.rsplit(":", 1)[1])
     restarted = servers.start_replica(
-        cluster.engine, cluster.log_dir / "replica0-restarted.log", port=port
+        cluster.engine, cluster.log_dir / "replica0-restarted.log", *PRIORITY, port=port
     )
     cluster.replicas[0] = restarted
     assert survivor is cluster.replicas[1]

@@ -184,7 +184,8 @@ def test_rounds_payload_alternates_sides_saves_each_session_and_summarises(tmp_p
     from loadtest.harness import cli
 
     args = argparse.Namespace(rounds=2, out=tmp_path / "x.json", logs=None, model=None,
-                              served_model_name=None, kv_cache_gib=4, seed=7)  # fmt: skip
+                              served_model_name=None, kv_cache_gib=4, dtype="float32",
+                              block_size=32, seed=7)  # fmt: skip
     saved: list[int] = []
     payload = cli.rounds_payload(
         args,
@@ -196,5 +197,19 @@ def test_rounds_payload_alternates_sides_saves_each_session_and_summarises(tmp_p
     assert payload["summary"] == ["a", "b", "b", "a"]
     assert saved == [1, 2, 3, 4]
     assert payload["settings"] == {"rounds": 2, "model": None, "served_model_name": None,
-                                   "kv_cache_gib": 4, "seed": 7}  # fmt: skip
+                                   "kv_cache_gib": 4, "dtype": "float32", "block_size": 32,
+                                   "seed": 7}  # fmt: skip
     assert payload["engine"]["kv_cache_gib"] == 4
+
+
+def test_engine_flags_follow_the_benchmark_options_on_gpu_and_cpu(tmp_path) -> None:
+    """CPU defaults (float32, block 32) unless told; `--block-size 0` leaves the engine's."""
+    from loadtest.harness import cli
+
+    p = cli.parser("x")
+    cpu = cli.engine_settings(p.parse_args(["--out", str(tmp_path / "a.json")]))
+    assert cpu.dtype == "float32" and cpu.block_size == 32
+    gpu_args = ["--out", str(tmp_path / "b.json"), "--dtype", "auto", "--block-size", "0"]
+    gpu = cli.engine_settings(p.parse_args(gpu_args))
+    flags = gpu.flags()
+    assert flags[flags.index("--dtype") + 1] == "auto" and "--block-size" not in flags

@@ -13,8 +13,12 @@ def _draw(seed: int | None, index: int) -> list[int]:
     return list(islice(tree_seeds(seed, index), EXPANSIONS))
 
 
-def test_the_same_request_seed_gives_each_tree_the_same_seeds() -> None:
-    assert _draw(7, 0) == _draw(7, 0) and _draw(7, 3) == _draw(7, 3)
+def test_a_trees_seeds_follow_from_the_request_seed_alone() -> None:
+    """Reproducible per (request seed, tree), and a new request seed is a new tree: a stream
+    that ignored the request seed, or drew from global state, fails here."""
+    assert _draw(7, 3) == _draw(7, 3) and _draw(None, 2) == _draw(None, 2)
+    assert not set(_draw(7, 0)) & set(_draw(8, 0))
+    assert not set(_draw(7, 3)) & set(_draw(8, 3))
 
 
 def test_trees_of_one_request_never_share_a_seed() -> None:

@@ -173,6 +173,25 @@ def test_output_kinds_and_cache_aware_charge(kind, expected) -> None:
     assert seen[0].headers["x-session-id"] == "tree-1"
 
 
+@pytest.mark.parametrize(("forward", "expected"), [(False, None), (True, 1700)])
+def test_priority_reaches_replicas_only_when_they_schedule_by_it(forward, expected) -> None:
+    """A replica on vLLM's default policy refuses any non-zero priority: the gateway sends
+    it only under --engine-priority-scheduling, and a zero priority never."""
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, content=_sse(_chunks([10])))
+
+    engine = _engine(handler, engine_priority_scheduling=forward)
+    for priority in (1700, 0):
+        asyncio.run(
+            _collect(engine, RequestOutputKind.FINAL_ONLY, UsageMeter(FLOPS), priority=priority)
+        )
+    assert bodies[0].get("priority") == expected
+    assert "priority" not in bodies[1]
+
+
 def test_a_failed_replica_is_retried_whole_and_charged_once() -> None:
     calls = {"n": 0}
 
@@ -258,17 +277,23 @@ def test_a_call_cut_after_its_last_token_finishes_without_another_call() -> None
     assert outs[-1].finished and outs[-1].outputs[0].finish_reason == "length"
 
 
-def test_a_logits_processor_call_cut_after_yielding_is_a_503() -> None:
-    """A logits processor's per-call state cannot be carried to another replica."""
+@pytest.mark.parametrize(
+    "unresumable",
+    [
+        pytest.param({"extra_args": _spec().to_extra_args()}, id="logits-processor-state"),
+        # vLLM holds back streamed text while a stop string may match: text lost at the cut.
+        pytest.param({"stop": ["\n\n"]}, id="stop-strings"),
+    ],
+)
+def test_an_unresumable_call_cut_after_yielding_is_a_503(unresumable) -> None:
+    """Cut after streaming: state the new replica cannot rebuild means a clean 503."""
     calls = {"n": 0}
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls["n"] += 1
         return _cut_after(1, _chunks([10, 11, 12]))
 
-    params = SamplingParams(
-        max_tokens=3, output_kind=RequestOutputKind.DELTA, extra_args=_spec().to_extra_args()
-    )
+    params = SamplingParams(max_tokens=3, output_kind=RequestOutputKind.DELTA, **unresumable)
 
     async def run() -> list:
         engine = _engine(handler)
