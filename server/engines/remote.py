@@ -93,11 +93,11 @@ def _resumable(params: SamplingParams) -> bool:
     Not resumable:
     * a call with logits-processor arguments (the processor keeps per-call state over the whole
       output, e.g. Quiet-STaR's thought and talk phases) or with prompt logprobs;
-    * a call with stop strings: while a stop string may still match, vLLM holds back the last
-      characters of the streamed text (they come with the token that rules the match out), so
-      at a cut the text of the tokens already streamed is not all sent, and a stop string
-      begun before the cut and completed after it would go unseen by the new replica. Resumed,
-      the text would be wrong; a clean 503 is better (docs/scaling.md)."""
+    * a call with stop strings: unless the stop string is kept in the output, vLLM holds back
+      the last (longest stop string - 1) characters of the streamed text until the call ends,
+      so at a cut the text of the tokens already streamed is not all sent; and a stop string
+      begun before the cut and completed after it would go unseen by the new replica.
+      Resumed, the text would be wrong; a clean 503 is better (docs/scaling.md)."""
     return not params.extra_args and not params.prompt_logprobs and not params.stop
 
 
