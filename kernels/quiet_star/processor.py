@@ -3,8 +3,10 @@
 The model runner sees one Quiet-STaR token per request: either one engine request per token
 (the per-token path) or, with the continuation scheduler (kernels/quiet_star/scheduler.py), a
 sequence's request re-announced to the runner after each talk token with the visible text as its
-prompt. Either way the step is the length of the request's output so far in the runner, which
-drives a small state machine per batch row:
+prompt, and again inside a round where the scheduler appended forced delimiter tokens (then
+`extra_args[ROUND_STEP_KEY]` is the round index of the runner's first sample). Either way the
+step is that offset plus the length of the request's output so far in the runner, which drives
+a small state machine per batch row:
 
 | step (phase)  | this row's logits become                                             |
 |---------------|----------------------------------------------------------------------|
@@ -50,7 +52,7 @@ from vllm.v1.sample.logits_processor import (
 
 from kernels.quiet_star import hidden, tensor_ops
 from kernels.quiet_star.plugin import register
-from kernels.quiet_star.spec import QuietStarSpec
+from kernels.quiet_star.spec import ROUND_STEP_KEY, QuietStarSpec
 
 # vLLM imports this module in every engine worker before it loads the model: registering the
 # Quiet-STaR architecture here makes it resolvable even where the package's vLLM plugin entry
@@ -73,8 +75,13 @@ class _Saved:
 @dataclass
 class _Row:
     spec: QuietStarSpec
-    output_ids: list[int]  # vLLM's live list: its length is the request's step
-    context: int = 0  # prompt length in the runner (continuation: the visible text)
+    output_ids: list[int]  # vLLM's live list: its length is the request's step ...
+    offset: int = 0  # ... after this many round tokens already in the runner's prompt
+    context: int = 0  # prompt length in the runner (continuation: visible text + offset)
+
+    @property
+    def step(self) -> int:
+        return self.offset + len(self.output_ids)
 
 
 class QuietStarLogitsProcessor(LogitsProcessor):
@@ -107,7 +114,8 @@ class QuietStarLogitsProcessor(LogitsProcessor):
             self._drop_row(index)
             spec = QuietStarSpec.from_extra_args(params.extra_args) if params else None
             if spec is not None:
-                self.rows[index] = _Row(spec, output_ids, len(prompt_ids or ()))
+                offset = int(params.extra_args.get(ROUND_STEP_KEY, 0))
+                self.rows[index] = _Row(spec, output_ids, offset, len(prompt_ids or ()))
         for a, b, direction in batch_update.moved:
             row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
             if row_a is not None:
@@ -119,7 +127,7 @@ class QuietStarLogitsProcessor(LogitsProcessor):
         row = self.rows.pop(index, None)
         if row is None:
             return
-        if len(row.output_ids) >= row.spec.steps:  # finished: its talk token is out
+        if row.step >= row.spec.steps:  # finished: its talk token is out
             self.bases.pop(row.spec.key, None)
         else:  # preempted or aborted: park the base until it comes back (bounded)
             while len(self.bases) > _MAX_PARKED_BASES:
@@ -134,7 +142,7 @@ class QuietStarLogitsProcessor(LogitsProcessor):
         for index, row in self.rows.items():
             if index >= logits.shape[0]:
                 continue
-            phase, offset = row.spec.phase(len(row.output_ids))
+            phase, offset = row.spec.phase(row.step)
             if phase == "start" and offset == 0:
                 start.append((index, row))
             elif phase == "start":
@@ -247,10 +255,10 @@ class QuietStarLogitsProcessor(LogitsProcessor):
 
 def _talk_banned(row: _Row) -> tuple[int, ...]:
     """Ids the talk token cannot be; a continuation request also bans its stop ids until
-    `min_tokens` talk tokens follow the original context (the visible text is the runner's
-    prompt there, so its length counts the talk tokens so far)."""
+    `min_tokens` talk tokens follow the original context (the visible text, then `offset`
+    round tokens, is the runner's prompt there, so its length counts the talk tokens so far)."""
     spec = row.spec
-    if spec.continuation and row.context - spec.context_len < spec.min_tokens:
+    if spec.continuation and row.context - row.offset - spec.context_len < spec.min_tokens:
         return (*spec.talk_banned_token_ids, *spec.stop_token_ids)
     return spec.talk_banned_token_ids
 

@@ -27,7 +27,19 @@ full argument; the pieces:
   kept. The runner then sees a fresh request whose output list restarts at 0 each round, which
   is exactly what the logits processor's step machine (kernels/quiet_star/processor.py) keys
   off. A seeded request gets the seed `seed + round`, so rounds do not replay one random
-  stream (and the same seed gives the same text).
+  stream (and the same seed gives the same text); a re-announcement inside a round gets a
+  seed of its own, derived from the same seed.
+
+* **Forced tokens share a step.** The rest of a multi-token start delimiter and the whole end
+  delimiter are known before the model runs, so they are appended here as soon as the token
+  before them is sampled, and the next step computes them together with that token (one
+  forward pass, several positions, the logits row at the last). Only the tokens the model must
+  sample take a step of their own: `start[0]` (its row is the base distribution), the `t`
+  thought tokens and the talk token, `t + 2` steps for any delimiter length, still `t + 3`
+  positions with one-token delimiters. The runner learns of the appended tokens by the same
+  re-announcement, with `extra_args[ROUND_STEP_KEY]` telling the processor where in the round
+  its first sample falls. They are streamed like sampled tokens (a logprobs row saying
+  "forced", logprob 0, goes with each), so vLLM's counters still count every position.
 
 Only requests whose `extra_args["quiet_star"]` says `continuation` are touched; everything else
 is vLLM's scheduler unchanged. Async scheduling must be off (the CPU backend always turns it
@@ -40,12 +52,15 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 from vllm.v1.core.sched.output import NewRequestData, SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.sched.utils import check_stop
+from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 
-from kernels.quiet_star.spec import QuietStarSpec
+from kernels.quiet_star.spec import ROUND_STEP_KEY, QuietStarSpec
 
 SCHEDULER_FQCN = "kernels.quiet_star.scheduler.QuietStarScheduler"
 
@@ -57,8 +72,23 @@ class _Sequence:
     spec: QuietStarSpec
     visible: int  # tokens of the visible text (prompt + talk tokens); thoughts follow it
     seed: int | None
-    step: int = 0  # tokens sampled in the current round (start, thought, end, talk)
+    step: int = 0  # round index of the next token (start.., thought.., end.., talk)
     round: int = 0  # completed output tokens
+
+    def forced_after_sample(self) -> tuple[int, ...]:
+        """The forced tokens appended right after the token sampled now (none at the talk)."""
+        if self.step >= self.spec.steps - 1:
+            return ()
+        return self.spec.forced_from(self.step + 1)
+
+    def runner_seed(self) -> int | None:
+        """The seed of the runner's request from here: `seed + round` at a round's start (the
+        per-token path's seed for that token), a distinct one inside a round."""
+        if self.seed is None:
+            return None
+        if self.step == 0:
+            return self.seed + self.round
+        return (self.seed + self.round + (self.step << 40)) % (1 << 63)
 
 
 class QuietStarScheduler(Scheduler):
@@ -106,13 +136,16 @@ class QuietStarScheduler(Scheduler):
         if len(new_token_ids) != 1:  # one sampled token per step without spec decode
             raise RuntimeError(f"Quiet-STaR continuation got {len(new_token_ids)} tokens/step")
         token = new_token_ids[0]
-        sequence.step += 1
-        if sequence.step < sequence.spec.steps:  # start, thought or end: no stop checks
-            request.append_output_token_ids(token)
+        if sequence.step < sequence.spec.steps - 1:  # start, thought or end: no stop checks
+            forced = sequence.forced_after_sample()
+            request.append_output_token_ids([token, *forced])
+            sequence.step += 1 + len(forced)
+            if forced:  # the runner has not seen them: tell it at the next step
+                self._reannounce.add(request.request_id)
             if request.num_tokens >= self.max_model_len:  # the round cannot finish
                 request.status = RequestStatus.FINISHED_LENGTH_CAPPED
-                return new_token_ids, True
-            return new_token_ids, False
+                return [token, *forced], True
+            return [token, *forced], False
         self._roll_back(request, sequence, token)
         stopped = check_stop(request, self.max_model_len)
         if not stopped and request.num_tokens + sequence.spec.steps > self.max_model_len:
@@ -135,6 +168,50 @@ class QuietStarScheduler(Scheduler):
         sequence.round += 1
         self._reannounce.add(request.request_id)
 
+    def _preempt_request(self, request: Request, *args, **kwargs) -> None:
+        super()._preempt_request(request, *args, **kwargs)
+        if request.request_id in self._sequences:
+            # The runner's copy of the request may lack appended forced tokens: on resume it
+            # is re-announced like after a rollback.
+            self._reannounce.add(request.request_id)
+
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, model_runner_output: ModelRunnerOutput
+    ):
+        logprobs = model_runner_output.logprobs
+        if self._sequences and logprobs is not None and logprobs.cu_num_generated_tokens is None:
+            model_runner_output.logprobs = self._with_forced_rows(model_runner_output, logprobs)
+        return super().update_from_output(scheduler_output, model_runner_output)
+
+    def _with_forced_rows(
+        self, output: ModelRunnerOutput, logprobs: LogprobsLists
+    ) -> LogprobsLists:
+        """vLLM's output path reads one logprobs row per streamed token: add a row for each
+        forced token appended after this step's sample (the token itself, logprob 0, rank 1;
+        the other candidates -inf: a forced token has probability 1)."""
+        forced: dict[int, tuple[int, ...]] = {}
+        for req_id, index in output.req_id_to_index.items():
+            sequence = self._sequences.get(req_id)
+            if sequence is not None and output.sampled_token_ids[index]:
+                tokens = sequence.forced_after_sample()
+                if tokens:
+                    forced[index] = tokens
+        if not forced:
+            return logprobs
+        counts = np.ones(len(logprobs.logprobs), dtype=np.int64)
+        for index, tokens in forced.items():
+            counts[index] += len(tokens)
+        rows = np.repeat(np.arange(len(counts)), counts)
+        token_ids = logprobs.logprob_token_ids[rows].copy()
+        values = logprobs.logprobs[rows].copy()
+        ranks = np.asarray(logprobs.sampled_token_ranks)[rows].copy()
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        for index, tokens in forced.items():
+            for k, token in enumerate(tokens, start=starts[index] + 1):
+                token_ids[k, 0], values[k, 0], ranks[k] = token, 0.0, 1
+                values[k, 1:] = -np.inf
+        return LogprobsLists(token_ids, values, ranks, starts[:-1].tolist())
+
     # -- the model runner's view ----------------------------------------------------------
     def schedule(self, *args, **kwargs) -> SchedulerOutput:
         output = super().schedule(*args, **kwargs)
@@ -143,9 +220,10 @@ class QuietStarScheduler(Scheduler):
         return output
 
     def _reannounce_rolled_back(self, output: SchedulerOutput) -> None:
-        """Send each rolled-back request that runs this step to the runner as finished + new:
-        the runner's token ids can only grow or shrink at the end, the talk token must
-        replace `start` in the middle."""
+        """Send each rolled-back request (or one with appended forced tokens) that runs this
+        step to the runner as finished + new: the runner's token ids can only grow or shrink
+        at the end and only by what it sampled; the talk token must replace `start` in the
+        middle."""
         cached = output.scheduled_cached_reqs
         for i in reversed(range(len(cached.req_ids))):
             req_id = cached.req_ids[i]
@@ -155,8 +233,9 @@ class QuietStarScheduler(Scheduler):
             request = self.requests[req_id]
             sequence = self._sequences[req_id]
             params = copy.copy(request.sampling_params)
-            if sequence.seed is not None:
-                params.seed = sequence.seed + sequence.round
+            params.seed = sequence.runner_seed()
+            if sequence.step:
+                params.extra_args = {**params.extra_args, ROUND_STEP_KEY: sequence.step}
             prompt = list(request.all_token_ids)
             is_token_ids = request.prompt_is_token_ids
             new = NewRequestData.from_request(request, self.kv_cache_manager.get_block_ids(req_id))

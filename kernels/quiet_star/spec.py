@@ -10,6 +10,10 @@ import json
 from dataclasses import asdict, dataclass
 
 EXTRA_ARGS_KEY = "quiet_star"
+# Set by the continuation scheduler when it re-announces a request to the model runner in the
+# middle of a round: the round index of the runner's first sampled token (its output list
+# restarts at 0). Absent = 0.
+ROUND_STEP_KEY = "quiet_star_round_step"
 MIXING_SOURCES = ("head", "request")
 _ID_TUPLES = (
     "start_token_ids",
@@ -72,6 +76,26 @@ class QuietStarSpec:
         if step == s + t + e:
             return "talk", 0
         return "done", 0
+
+    def forced_from(self, step: int) -> tuple[int, ...]:
+        """The tokens the round forces from round index `step` up to the next token the model
+        must sample: the rest of the start delimiter, or the end delimiter. (`start[0]` is
+        forced too, but it is sampled at the base row, which the talk token needs.)"""
+        forced: list[int] = []
+        while True:
+            phase, offset = self.phase(step + len(forced))
+            if phase == "start" and offset > 0:
+                forced.append(self.start_token_ids[offset])
+            elif phase == "end":
+                forced.append(self.end_token_ids[offset])
+            else:
+                return tuple(forced)
+
+    @property
+    def sampled_steps(self) -> int:
+        """Engine steps of one Quiet-STaR token when forced tokens share a step with the token
+        before them (the continuation engine): start[0] at the base row, t thoughts, talk."""
+        return self.thought_tokens + 2
 
     def to_extra_args(self) -> dict:
         data = asdict(self)

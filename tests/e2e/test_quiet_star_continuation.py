@@ -17,6 +17,8 @@ pytestmark = pytest.mark.e2e
 
 PROMPT = "Q: Natalia sold clips to 48 of her friends in April. How many in May?\nA:"
 GENERATION = "vllm:generation_tokens_total"
+# observed once per engine step that streamed output: at concurrency 1, the engine's steps
+STEPS = "vllm:iteration_tokens_total_count"
 
 
 def generate(http: httpx.Client, **overrides) -> dict:
@@ -63,14 +65,18 @@ def per_token_http(tiny_model_dir, tmp_path_factory) -> Iterator[httpx.Client]:
 
 
 @pytest.mark.parametrize("t", [0, 3, 8])
-def test_vllm_counts_exactly_t_plus_3_positions_per_output_token(http, t) -> None:
+def test_vllm_counts_t_plus_3_positions_in_t_plus_2_steps_per_output_token(http, t) -> None:
     before = scrape_metrics(http)
     prompt_before = metric(before, *LOCAL)
     body = generate(http, max_tokens=7, quiet_star={"thought_tokens": t, "mixing_weight": 0.5})
     generated = counters_after(http, metric(before, GENERATION), GENERATION) - metric(
         before, GENERATION
     )
-    prompt_computed = metric(scrape_metrics(http), *LOCAL) - prompt_before
+    after = scrape_metrics(http)
+    prompt_computed = metric(after, *LOCAL) - prompt_before
+    # One step per sampled token: start (at the base row: the prompt's prefill step), t thought
+    # tokens and the talk token; the end token shares the talk token's step.
+    assert metric(after, STEPS) - metric(before, STEPS) == 7 * (t + 2)
     usage = body["usage"]
     assert usage["completion_tokens"] == 7
     assert usage["engine_calls"] == 1  # one engine request for the whole sequence
@@ -80,6 +86,29 @@ def test_vllm_counts_exactly_t_plus_3_positions_per_output_token(http, t) -> Non
     assert usage["thought_tokens"] == 7 * (t + 2)
     # The prompt was prefilled once (its uncached part), never again per output token.
     assert usage["forward_tokens"] == prompt_computed + 7 * (t + 3) - 1
+
+
+def test_multi_token_delimiters_add_positions_but_no_steps(http) -> None:
+    """A model without thought tokens thinks between multi-token strings; their forced tokens
+    ride along with the step before them: still t + 2 steps per output token."""
+    t = 2
+    before = scrape_metrics(http)
+    body = generate(
+        http,
+        max_tokens=5,
+        quiet_star={"thought_tokens": t, "mixing_weight": 0.5, "return_thoughts": True,
+                    "start_token": "<t>", "end_token": "</t>"},
+    )  # fmt: skip
+    generated = counters_after(http, metric(before, GENERATION), GENERATION) - metric(
+        before, GENERATION
+    )
+    steps = metric(scrape_metrics(http), STEPS) - metric(before, STEPS)
+    rounds = body["method_details"]["quiet_star"][0]["step_token_ids"]
+    assert len(rounds) == 5 and len({len(r) for r in rounds}) == 1
+    positions = len(rounds[0])  # start delimiter, t thought tokens, end delimiter, talk
+    assert positions > t + 3  # the delimiters really are several tokens each
+    assert generated == 5 * positions
+    assert steps == 5 * (t + 2)
 
 
 def test_same_seed_gives_the_same_text_even_when_batched_together(http) -> None:
@@ -94,12 +123,15 @@ def test_same_seed_gives_the_same_text_even_when_batched_together(http) -> None:
 
 def test_matches_the_per_token_engine(http, per_token_http) -> None:
     """Same seed, same weights: the continuation engine and the one-request-per-token engine
-    sample the same thoughts and talk tokens (the talk token's KV sits where `start` was)."""
+    sample the same thoughts and the same greedy talk tokens (the talk token's KV sits where
+    `start` was). Both draw thought token k with the round's seed stream; the continuation
+    engine's talk token comes from a stream of its own (the end token shares its step, so the
+    runner sees the request anew), which is why a sampled talk token may differ."""
     for overrides in (
-        {},
+        {"temperature": 0.0},
         {"temperature": 0.0, "seed": 3, "quiet_star": {"thought_tokens": 5, "mixing_weight": 0.7,
                                                        "return_thoughts": True}},
-        {"n": 2, "max_tokens": 9, "min_tokens": 9, "ignore_eos": False},
+        {"temperature": 0.0, "n": 2, "max_tokens": 9, "min_tokens": 9, "ignore_eos": False},
     ):  # fmt: skip
         ours = generate(http, **overrides)
         theirs = generate(per_token_http, **overrides)

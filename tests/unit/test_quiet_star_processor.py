@@ -9,7 +9,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from kernels.quiet_star import hidden, tensor_ops
 from kernels.quiet_star.processor import QuietStarLogitsProcessor
-from kernels.quiet_star.spec import QuietStarSpec
+from kernels.quiet_star.spec import ROUND_STEP_KEY, QuietStarSpec
 
 VOCAB = 16
 START, END, EOS = 13, 14, 15
@@ -266,3 +266,28 @@ def test_validate_allows_a_whole_sequence_for_continuation() -> None:
     QuietStarLogitsProcessor.validate_params(
         SamplingParams(max_tokens=500, extra_args=s.to_extra_args())
     )
+
+
+@pytest.mark.parametrize(("visible_len", "banned"), [(4, True), (5, False)])
+def test_a_row_re_announced_mid_round_starts_at_its_round_step(visible_len, banned) -> None:
+    """The continuation scheduler re-announces a request after appending the end delimiter
+    itself: the runner's prompt ends with the round so far and its first sample is the talk
+    token (`ROUND_STEP_KEY`), mixed with the base saved before the re-announcement; min_tokens
+    counts talk tokens in the visible text only (context 3, min_tokens 2)."""
+    proc = make()
+    s = spec(t=1, mixing_weight=0.0, continuation=True, context_len=3, min_tokens=2,
+             stop_token_ids=(EOS,))  # fmt: skip
+    visible = list(range(visible_len))
+    add(proc, (0, params(s), visible, []))
+    base = torch.zeros(1, VOCAB)
+    base[0, EOS] = 5.0  # the base argmax is the stop id
+    assert only_allowed(proc.apply(base.clone())[0]) == [START]
+    # re-announced: the old row leaves, the new one carries the round so far in its prompt
+    proc.update_state(BatchUpdate(1, removed=[0], added=[], moved=[]))
+    reannounced = SamplingParams(
+        max_tokens=8, extra_args={**s.to_extra_args(), ROUND_STEP_KEY: 3}
+    )
+    add(proc, (0, reannounced, [*visible, START, 9, END], []))
+    talk = proc.apply(torch.zeros(1, VOCAB))  # the talk step (w = 0: the base decides)
+    assert (only_allowed(talk[0]) == [EOS]) is not banned
+    assert len(only_allowed(talk[0])) == 1  # a greedy talk token, not a forced or thought row

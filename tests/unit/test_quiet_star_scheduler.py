@@ -3,6 +3,7 @@ then the model runner's sampled tokens), on vLLM's real scheduler and KV cache m
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from vllm import SamplingParams
@@ -10,12 +11,12 @@ from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig,
 from vllm.utils.hashing import sha256
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
-from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput
 from vllm.v1.request import Request
 from vllm.v1.structured_output import StructuredOutputManager
 
 from kernels.quiet_star.scheduler import QuietStarScheduler
-from kernels.quiet_star.spec import QuietStarSpec
+from kernels.quiet_star.spec import ROUND_STEP_KEY, QuietStarSpec
 from tests.tiny_model import build_tiny_llama
 
 BLOCK = 4
@@ -56,11 +57,13 @@ def scheduler(config: VllmConfig) -> QuietStarScheduler:
     )
 
 
-def request(req_id: str, max_tokens: int, **params) -> Request:
+def request(
+    req_id: str, max_tokens: int, start=(START,), end=(END,), thought_tokens=2, **params
+) -> Request:
     spec = QuietStarSpec(
-        key=req_id, thought_tokens=2, mixing_weight=0.5, thought_temperature=1.0,
-        temperature=1.0, top_p=1.0, start_token_ids=(START,), end_token_ids=(END,),
-        banned_token_ids=(START, END), continuation=True, context_len=len(PROMPT),
+        key=req_id, thought_tokens=thought_tokens, mixing_weight=0.5, thought_temperature=1.0,
+        temperature=1.0, top_p=1.0, start_token_ids=start, end_token_ids=end,
+        banned_token_ids=(*start, *end), continuation=True, context_len=len(PROMPT),
     )  # fmt: skip
     sampling = SamplingParams(
         max_tokens=max_tokens, ignore_eos=True, extra_args=spec.to_extra_args(), **params
@@ -70,11 +73,14 @@ def request(req_id: str, max_tokens: int, **params) -> Request:
     return Request(req_id, list(PROMPT), sampling, None, block_hasher=hasher, arrival_time=0.0)
 
 
-def step(sched: QuietStarScheduler, req: Request, token: int):
+def step(sched: QuietStarScheduler, req: Request, token: int, logprobs: LogprobsLists | None = None):
     """One engine step: schedule, then the runner 'samples' `token` for the request."""
     out = sched.schedule()
     runner = ModelRunnerOutput(
-        req_ids=[req.request_id], req_id_to_index={req.request_id: 0}, sampled_token_ids=[[token]]
+        req_ids=[req.request_id],
+        req_id_to_index={req.request_id: 0},
+        sampled_token_ids=[[token]],
+        logprobs=logprobs,
     )
     emitted = [o for e in sched.update_from_output(out, runner).values() for o in e.outputs]
     return out, emitted
@@ -89,7 +95,9 @@ def test_each_talk_token_replaces_its_thought_and_is_computed_where_start_was(co
     sched = scheduler(config)
     req = request("r", max_tokens=3, seed=7)
     sched.add_request(req)
-    rounds = [[START, 20, 21, END, 30], [START, 22, 23, END, 31], [START, 24, 25, END, 32]]
+    # what the runner samples each round: start (forced at the base row), 2 thought tokens,
+    # talk; the scheduler appends END itself right after the last thought token
+    rounds = [[START, 20, 21, 30], [START, 22, 23, 31], [START, 24, 25, 32]]
     visible = list(PROMPT)
     for k, tokens in enumerate(rounds):
         for i, token in enumerate(tokens):
@@ -102,11 +110,23 @@ def test_each_talk_token_replaces_its_thought_and_is_computed_where_start_was(co
                 assert new.prompt_token_ids == visible
                 assert new.num_computed_tokens == len(visible) - 1
                 assert new.sampling_params.seed == 7 + k  # token k samples with seed + k
+                assert ROUND_STEP_KEY not in new.sampling_params.extra_args
+            elif i == 3:
+                # the talk step computes the last thought token and END in one forward pass:
+                # re-announced with both in the prompt, the sample falls at round index 4
+                (new,) = out.scheduled_new_reqs
+                assert new.prompt_token_ids == [*visible, START, *tokens[1:3], END]
+                assert new.num_computed_tokens == len(new.prompt_token_ids) - 2
+                assert out.num_scheduled_tokens["r"] == 2
+                assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 4
+                assert new.sampling_params.seed not in (None, 7 + k)
             elif k > 0 or i > 0:  # (the very first step admits the request itself)
                 assert not out.scheduled_new_reqs
-            assert [o.new_token_ids for o in emitted] == [[token]]  # every token is streamed
+            # every token is streamed, END with the thought token it follows
+            assert [o.new_token_ids for o in emitted] == [[token, END] if i == 2 else [token]]
             if i < len(tokens) - 1:
-                assert list(req.all_token_ids) == visible + tokens[: i + 1]
+                round_so_far = [*tokens[: i + 1], *([END] if i == 2 else [])]
+                assert list(req.all_token_ids) == visible + round_so_far
                 # thought KV is never prefix-cached: only whole blocks of visible tokens
                 assert cached_blocks(sched, req) <= len(visible) // BLOCK
         visible.append(tokens[-1])
@@ -119,11 +139,77 @@ def test_each_talk_token_replaces_its_thought_and_is_computed_where_start_was(co
     assert not sched._sequences  # freed
 
 
+def test_multi_token_delimiters_cost_no_extra_steps(config) -> None:
+    """Start `(5, 7, 8)`, end `(6, 9)`, t = 1: the runner samples start[0], one thought token
+    and the talk token (t + 2 = 3 steps); the other 4 delimiter tokens ride along."""
+    sched = scheduler(config)
+    req = request("d", max_tokens=2, start=(START, 7, 8), end=(END, 9), thought_tokens=1, seed=1)
+    sched.add_request(req)
+    visible = list(PROMPT)
+    for talk in (30, 31):
+        _, emitted = step(sched, req, START)
+        assert emitted[0].new_token_ids == [START, 7, 8]
+        out, emitted = step(sched, req, 20)
+        (new,) = out.scheduled_new_reqs  # start[1:] computed with start[0]
+        assert new.prompt_token_ids == [*visible, START, 7, 8]
+        assert out.num_scheduled_tokens["d"] == 3
+        assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 3  # the thought token
+        assert emitted[0].new_token_ids == [20, END, 9]
+        out, emitted = step(sched, req, talk)
+        (new,) = out.scheduled_new_reqs
+        assert new.prompt_token_ids == [*visible, START, 7, 8, 20, END, 9]
+        assert out.num_scheduled_tokens["d"] == 3
+        assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 6  # the talk token
+        visible.append(talk)
+        assert list(req.all_token_ids) == visible
+    assert req.is_finished()
+
+
+def test_forced_tokens_get_a_logprobs_row_each(config) -> None:
+    """vLLM's output path slices one logprobs row per streamed token: each appended forced
+    token gets its own row (itself, logprob 0), the sampled token keeps the runner's row."""
+    sched = scheduler(config)
+    req = request("l", max_tokens=1, logprobs=1)
+    sched.add_request(req)
+
+    def row(token: int) -> LogprobsLists:
+        return LogprobsLists(
+            np.array([[token, 3]]), np.array([[-0.5, -1.5]]), np.array([2]), None
+        )
+
+    for token in (START, 20):
+        _, emitted = step(sched, req, token, row(token))
+        assert len(emitted[0].new_logprobs.logprobs) == 1
+    _, emitted = step(sched, req, 21, row(21))  # END is appended after it
+    lists = emitted[0].new_logprobs
+    assert emitted[0].new_token_ids == [21, END]
+    assert lists.logprob_token_ids[:, 0].tolist() == [21, END]
+    assert lists.logprobs[:, 0].tolist() == [-0.5, 0.0]
+    assert lists.logprobs[1, 1] == -np.inf and lists.sampled_token_ranks.tolist() == [2, 1]
+
+
+def test_a_preempted_request_is_re_announced_with_its_round_position(config) -> None:
+    sched = scheduler(config)
+    req = request("p", max_tokens=2, seed=5)
+    sched.add_request(req)
+    for token in (START, 20, 21):
+        step(sched, req, token)  # END appended: a re-announcement is due
+    sched._reannounce.clear()  # as if it had run; then the request is preempted
+    sched.running.remove(req)
+    sched._preempt_request(req, 0.0)  # (puts it back in the waiting queue)
+    out, _ = step(sched, req, 30)
+    (new,) = out.scheduled_new_reqs
+    assert "p" in out.finished_req_ids
+    assert new.prompt_token_ids == [*PROMPT, START, 20, 21, END]
+    assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 4
+    assert list(req.all_token_ids) == [*PROMPT, 30]
+
+
 def test_a_thought_token_never_stops_the_request_a_talk_token_does(config) -> None:
     sched = scheduler(config)
     req = request("s", max_tokens=5, stop_token_ids=[99])
     sched.add_request(req)
-    for token in [START, 99, 21, END]:  # 99 inside the thought: not a stop
+    for token in [START, 99, 21]:  # 99 inside the thought: not a stop (END is appended)
         step(sched, req, token)
         assert not req.is_finished()
     _, emitted = step(sched, req, 99)  # 99 as the talk token: stop
@@ -138,9 +224,9 @@ def test_a_step_that_would_pass_max_model_len_is_not_started(config) -> None:
     sched.add_request(req)
     tokens = 0
     while not req.is_finished():
-        step(sched, req, [START, 20, 21, END, 30][tokens % 5])
+        step(sched, req, [START, 20, 21, 30][tokens % 4])  # END is appended after 21
         tokens += 1
     # visible + (t + 3) <= max_model_len after the last talk token; never a cut thought
-    assert tokens % 5 == 0
+    assert tokens % 4 == 0
     assert len(req.all_token_ids) + 5 > 64 >= len(req.all_token_ids)
     assert req.get_finished_reason() is not None
