@@ -53,7 +53,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-
 from vllm.v1.core.sched.output import NewRequestData, SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.sched.utils import check_stop

@@ -80,65 +80,72 @@ def expected_forward(prompt_len: int, calls: int, steps: int, block: int) -> int
 
 
 def forward(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
-    """Forward positions per output token, from vLLM's own counters, against the analytic
-    count. Continuation: every output token runs exactly ``steps = t + 3`` positions (talk or
-    the prompt's last position, start, t thoughts, end), so vLLM's generation counter grows by
-    ``steps`` per output token; the prompt is prefilled once (reported apart). Per-token: each
-    engine call re-prefills its uncached prompt tail (``expected_forward``)."""
+    """Forward positions and engine steps per output token, from vLLM's own counters, against
+    the analytic counts, for each delimiter setting. Continuation: every output token runs
+    exactly ``s + t + e + 1`` positions (the talk token or the prompt's last position, the
+    start delimiter, t thoughts, the end delimiter; t + 3 with one-token delimiters), so vLLM's
+    generation counter grows by that much per output token, in ``t + 2`` engine steps (forced
+    delimiter tokens share a step); the prompt is prefilled once (reported apart). Per-token:
+    each engine call re-prefills its uncached prompt tail (``expected_forward``) and takes a
+    step per round token. Steps are vLLM's iteration count (one per engine step with output;
+    requests run one at a time)."""
     qs = cli.questions(args, args.questions)
     rows = []
     for engine in args.engines:
         with gateway(args, f"forward-{engine}", *engine_flag(engine)) as gw:
             model = cli.engine_settings(args).name()
             run_bodies(gw.url, [body(model, q, 1, temperature=0.0) for _, q in qs], concurrency=1)
-            for t in args.thought_tokens:
-                block = {"thought_tokens": t, "mixing_weight": args.mixing_weight}
-                block |= delimiter_block(args.delimiters)
-                bodies = [
-                    body(model, q, args.max_tokens, block, seed=p.index, ignore_eos=True)
-                    for p, q in qs
-                ]
-                before = scrape_metrics(gw.url)
-                usages = [r.usage for r in run_bodies(gw.url, bodies, concurrency=1).results]
-                time.sleep(1.5)  # vLLM publishes its counters with the next stats tick
-                after = scrape_metrics(gw.url)
-                computed = metric_total(
-                    after, "vllm:prompt_tokens_by_source_total", "local_compute"
-                ) - metric_total(before, "vllm:prompt_tokens_by_source_total", "local_compute")
-                gen = metric_total(after, "vllm:generation_tokens_total")
-                gen -= metric_total(before, "vllm:generation_tokens_total")
-                calls = sum(u["engine_calls"] for u in usages)
-                tokens = sum(u["completion_tokens"] for u in usages)
-                steps = round(usages[0]["thought_tokens"] / usages[0]["completion_tokens"]) + 1
-                if engine == "continuation":
-                    measured = gen / tokens  # decode positions + the prompt's last, per token
-                    expected = steps
-                else:
-                    measured = (computed + gen - calls) / tokens
-                    expected = (
-                        sum(
-                            expected_forward(
-                                u["prompt_tokens"], u["engine_calls"], steps, args.block_size
-                            )
-                            for u in usages
-                        )
-                        / tokens
-                    )
-                rows.append(
-                    {
-                        "engine": engine,
-                        "thought_tokens": t,
-                        "steps": steps,
-                        "engine_calls_per_request": calls / len(usages),
-                        "vllm_forward_per_token": measured,
-                        "expected_per_token": expected,
-                        "prompt_positions_per_request": computed / len(usages),
-                        "usage_forward_per_token": sum(u["forward_tokens"] for u in usages)
-                        / tokens,
-                    }
-                )
-                save({"rows": rows})
+            for delimiters in dict.fromkeys(args.delimiters):
+                for t in args.thought_tokens:
+                    rows.append(_forward_row(args, gw.url, model, qs, engine, delimiters, t))
+                    save({"rows": rows})
     return {"settings": _settings(args), "rows": rows}
+
+
+def _forward_row(args, url: str, model: str, qs, engine: str, delimiters: str, t: int) -> dict:
+    block = {"thought_tokens": t, "mixing_weight": args.mixing_weight}
+    block |= delimiter_block(delimiters)
+    bodies = [body(model, q, args.max_tokens, block, seed=p.index, ignore_eos=True) for p, q in qs]
+    before = scrape_metrics(url)
+    usages = [r.usage for r in run_bodies(url, bodies, concurrency=1).results]
+    time.sleep(1.5)  # vLLM publishes its counters with the next stats tick
+    after = scrape_metrics(url)
+
+    def delta(name: str, label: str | None = None) -> float:
+        return metric_total(after, name, label) - metric_total(before, name, label)
+
+    computed = delta("vllm:prompt_tokens_by_source_total", "local_compute")
+    gen = delta("vllm:generation_tokens_total")
+    iterations = delta("vllm:iteration_tokens_total_count")
+    calls = sum(u["engine_calls"] for u in usages)
+    tokens = sum(u["completion_tokens"] for u in usages)
+    positions = round(usages[0]["thought_tokens"] / usages[0]["completion_tokens"]) + 1
+    if engine == "continuation":
+        measured = gen / tokens  # decode positions + the prompt's last, per token
+        expected, expected_steps = positions, t + 2
+    else:
+        measured = (computed + gen - calls) / tokens
+        expected = (
+            sum(
+                expected_forward(u["prompt_tokens"], u["engine_calls"], positions, args.block_size)
+                for u in usages
+            )
+            / tokens
+        )
+        expected_steps = positions
+    return {
+        "engine": engine,
+        "delimiters": delimiters,
+        "thought_tokens": t,
+        "steps": positions,  # positions per round: s + t + e + 1
+        "engine_calls_per_request": calls / len(usages),
+        "vllm_forward_per_token": measured,
+        "expected_per_token": expected,
+        "vllm_steps_per_token": iterations / tokens,
+        "expected_steps_per_token": expected_steps,
+        "prompt_positions_per_request": computed / len(usages),
+        "usage_forward_per_token": sum(u["forward_tokens"] for u in usages) / tokens,
+    }
 
 
 # -- speed: the engine paths vs the HF loops ----------------------------------------------------
@@ -358,21 +365,28 @@ def tables(payload: dict[str, Any]) -> dict[str, str]:
         rows = [
             [
                 r["engine"],
+                "one-token" if r.get("delimiters", ONE_TOKEN_DELIMITERS) == ONE_TOKEN_DELIMITERS
+                else r["delimiters"],
                 r["thought_tokens"],
                 r["steps"],
                 fmt(r["engine_calls_per_request"], 1),
                 fmt(r["vllm_forward_per_token"]),
                 fmt(r["expected_per_token"]),
+                fmt(r["vllm_steps_per_token"]) if "vllm_steps_per_token" in r else "–",
+                r.get("expected_steps_per_token", "–"),
                 fmt(r["prompt_positions_per_request"], 1),
             ]
             for r in payload["rows"]
-        ]
+        ]  # fmt: skip
         header = [
             "engine",
+            "delimiters",
             "t",
-            "steps (s + t + e + 1)",
+            "round tokens (s + t + e + 1)",
             "engine calls / request",
             "fwd / token (vLLM counters)",
+            "analytic",
+            "engine steps / token (vLLM)",
             "analytic",
             "prompt positions / request",
         ]
@@ -443,12 +457,13 @@ def main(argv: list[str] | None = None) -> None:
     sp = sub.choices
     for name in ("forward", "speed"):
         sp[name].add_argument("--thought-tokens", type=int, nargs="+", default=[4, 8])
-        # one-token delimiters: a step is exactly t + 3 tokens ("default": the gateway's
-        # multi-token strings on models without thought tokens, s + t + e + 1)
-        sp[name].add_argument("--delimiters", default=ONE_TOKEN_DELIMITERS)
         sp[name].add_argument(
             "--engines", nargs="+", choices=ENGINES, default=list(ENGINES), help="gateway sides"
         )
+    # one-token delimiters: a round is exactly t + 3 tokens ("default": the gateway's
+    # multi-token strings on models without thought tokens, s + t + e + 1)
+    sp["speed"].add_argument("--delimiters", default=ONE_TOKEN_DELIMITERS)
+    sp["forward"].add_argument("--delimiters", nargs="+", default=[ONE_TOKEN_DELIMITERS, "default"])
     sp["forward"].add_argument("--block-size", type=int, default=32, help="the engine's")
     sp["speed"].add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     sp["speed"].add_argument(

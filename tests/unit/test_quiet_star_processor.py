@@ -284,9 +284,7 @@ def test_a_row_re_announced_mid_round_starts_at_its_round_step(visible_len, bann
     assert only_allowed(proc.apply(base.clone())[0]) == [START]
     # re-announced: the old row leaves, the new one carries the round so far in its prompt
     proc.update_state(BatchUpdate(1, removed=[0], added=[], moved=[]))
-    reannounced = SamplingParams(
-        max_tokens=8, extra_args={**s.to_extra_args(), ROUND_STEP_KEY: 3}
-    )
+    reannounced = SamplingParams(max_tokens=8, extra_args={**s.to_extra_args(), ROUND_STEP_KEY: 3})
     add(proc, (0, reannounced, [*visible, START, 9, END], []))
     talk = proc.apply(torch.zeros(1, VOCAB))  # the talk step (w = 0: the base decides)
     assert (only_allowed(talk[0]) == [EOS]) is not banned

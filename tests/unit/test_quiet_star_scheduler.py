@@ -73,7 +73,9 @@ def request(
     return Request(req_id, list(PROMPT), sampling, None, block_hasher=hasher, arrival_time=0.0)
 
 
-def step(sched: QuietStarScheduler, req: Request, token: int, logprobs: LogprobsLists | None = None):
+def step(
+    sched: QuietStarScheduler, req: Request, token: int, logprobs: LogprobsLists | None = None
+):
     """One engine step: schedule, then the runner 'samples' `token` for the request."""
     out = sched.schedule()
     runner = ModelRunnerOutput(
@@ -173,9 +175,7 @@ def test_forced_tokens_get_a_logprobs_row_each(config) -> None:
     sched.add_request(req)
 
     def row(token: int) -> LogprobsLists:
-        return LogprobsLists(
-            np.array([[token, 3]]), np.array([[-0.5, -1.5]]), np.array([2]), None
-        )
+        return LogprobsLists(np.array([[token, 3]]), np.array([[-0.5, -1.5]]), np.array([2]), None)
 
     for token in (START, 20):
         _, emitted = step(sched, req, token, row(token))
