@@ -16,8 +16,10 @@ a small state machine per batch row:
 | end           | forced to the thought-end token(s)                                  |
 | talk          | mix(base, post-thought), mask, user temperature/min-p/top-k/top-p   |
 
-A Quiet-STaR checkpoint has one start and one end token (t + 3 steps); other models may use
-multi-token delimiter strings (a few more steps).
+A Quiet-STaR checkpoint has one start and one end token (t + 3 round tokens); other models
+may use multi-token delimiter strings (a few more). Under the continuation scheduler only
+start[0], the thoughts and the talk token reach this processor as samples: the rest of the
+delimiters is appended by the scheduler and never sampled.
 
 The mixing weight w is the request's (`mixing_weight`), or, for `mixing_source == "head"`,
 the served checkpoint's learned head evaluated on the post-norm hidden states of the step-0

@@ -6,7 +6,8 @@ must then vanish from the context. Served as one engine request per output token
 re-prefills the partial last KV block and pays a request's overheads. This scheduler keeps
 one request per sequence and, after each talk token, rolls the request back to its visible
 tokens (as vLLM does for rejected speculative tokens), so every output token costs exactly
-`t + 3` forward positions (talk/base, start, t thoughts, end). docs/quiet_star.md has the
+`t + 3` forward positions (talk/base, start, t thoughts, end) in `t + 2` engine steps.
+docs/quiet_star.md has the
 full argument; the pieces:
 
 * **Scheduler side** (here). Thought tokens are appended like any output (vLLM schedules
@@ -15,7 +16,7 @@ full argument; the pieces:
   `num_computed_tokens` is set so that the talk token is computed next, at the position
   `start` had: its row is the next token's base distribution. Stop checks (EOS, stop ids,
   `max_tokens`, `max_model_len`) run on visible tokens only; a thought token never stops the
-  request. Every sampled token is still emitted to the frontend, so vLLM's own generation
+  request. Every round token is still emitted to the frontend, so vLLM's own generation
   counter counts `t + 3` per output token; the gateway keeps only the talk tokens.
 * **Prefix cache.** Blocks are cached only up to the visible length: a block holding thought
   KV is never hashed into the pool (its slots are overwritten after the rollback, and a cache

@@ -1,8 +1,10 @@
 """Quiet-STaR benchmarks: what one thought costs, how fast, and what it does to the text.
 
-* ``forward``: forward positions per output token from vLLM's own counters against the
-  analytic count, for both gateway engines (``--quiet-star-engine``): ``t + 3`` per token for
-  ``continuation``; ``t + 3`` plus the re-prefilled prompt tail per call for ``per_token``.
+* ``forward``: forward positions and engine steps per output token from vLLM's own counters
+  against the analytic counts, for both gateway engines (``--quiet-star-engine``) and for
+  one-token and the default delimiters: ``s + t + e + 1`` positions (``t + 3`` with one-token
+  delimiters) in ``t + 2`` steps for ``continuation``; the same plus the re-prefilled prompt
+  tail per call, one step per round token, for ``per_token``.
 * ``speed``: output tokens/s for t in {4, 8} x concurrency in {1, 8}: the gateway with the
   continuation engine and with the per-token engine, the HF lockstep loop with a cropped KV
   cache (batch = concurrency) and the HF no-cache loop (``hf_quiet_star``), each side alone on
