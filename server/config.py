@@ -115,8 +115,7 @@ class Settings(BaseSettings):
     quiet_star_engine: Literal["continuation", "per_token"] = Field(
         "continuation",
         description="How quiet_star decodes: 'continuation' = one engine request per sequence, "
-        "each token's thought rolled back by our scheduler (t + 3 positions in t + 2 engine "
-        "steps per token with one-token delimiters); "
+        "each token's thought rolled back by our scheduler (t + 3 positions per token); "
         "'per_token' = one engine request per output token (kept to compare against; "
         "docs/quiet_star.md).",
     )

@@ -6,8 +6,8 @@ must then vanish from the context. Served as one engine request per output token
 re-prefills the partial last KV block and pays a request's overheads. This scheduler keeps
 one request per sequence and, after each talk token, rolls the request back to its visible
 tokens (as vLLM does for rejected speculative tokens), so every output token costs exactly
-`t + 3` forward positions (talk/base, start, t thoughts, end) in `t + 2` engine steps.
-docs/quiet_star.md has the
+`t + 3` forward positions (talk/base, start, t thoughts, end), one engine step each with
+one-token delimiters. docs/quiet_star.md has the
 full argument; the pieces:
 
 * **Scheduler side** (here). Thought tokens are appended like any output (vLLM schedules
@@ -30,17 +30,16 @@ full argument; the pieces:
   off. A seeded request gets the seed `seed + round`, so rounds do not replay one random
   stream (and the same seed gives the same text); a re-announcement inside a round gets a
   seed of its own, derived from the same seed.
-
-* **Forced tokens share a step.** The rest of a multi-token start delimiter and the whole end
-  delimiter are known before the model runs, so they are appended here as soon as the token
-  before them is sampled, and the next step computes them together with that token (one
-  forward pass, several positions, the logits row at the last). Only the tokens the model must
-  sample take a step of their own: `start[0]` (its row is the base distribution), the `t`
-  thought tokens and the talk token, `t + 2` steps for any delimiter length, still `t + 3`
-  positions with one-token delimiters. The runner learns of the appended tokens by the same
+* **Forced tokens share a step.** A multi-token delimiter is known before the model runs: the
+  rest of the start delimiter and the whole end delimiter are appended here as soon as the
+  token before them is sampled, and the next step computes them together with that token (one
+  forward pass, several positions, the logits row at the last). The runner learns of them by a
   re-announcement, with `extra_args[ROUND_STEP_KEY]` telling the processor where in the round
-  its first sample falls. They are streamed like sampled tokens (a logprobs row saying
-  "forced", logprob 0, goes with each), so vLLM's counters still count every position.
+  its first sample falls. With the default `<think>` strings a token then takes `t + 2` steps
+  instead of `t + 7`. A re-announcement is not free (see `MIN_FUSED_TOKENS`), so a single
+  forced token (a one-token delimiter, as in a Quiet-STaR checkpoint) is sampled as forced:
+  `t + 3` steps. Appended tokens are streamed like sampled ones (with a logprobs row saying
+  "forced", logprob 0), so vLLM's counters still count every position.
 
 Only requests whose `extra_args["quiet_star"]` says `continuation` are touched; everything else
 is vLLM's scheduler unchanged. Async scheduling must be off (the CPU backend always turns it
@@ -64,6 +63,13 @@ from kernels.quiet_star.spec import ROUND_STEP_KEY, QuietStarSpec
 
 SCHEDULER_FQCN = "kernels.quiet_star.scheduler.QuietStarScheduler"
 
+# Forced tokens are appended (and computed with the step before them) only in runs of at least
+# this many. Appending costs a re-announcement, and on the CPU backend a step with a
+# re-announced request measured as slow as an extra step or more (docs/benchmarks.md): fusing
+# a single token (a one-token end delimiter) saved nothing there, fusing a multi-token
+# delimiter saves several steps.
+MIN_FUSED_TOKENS = 2
+
 
 @dataclass
 class _Sequence:
@@ -76,10 +82,12 @@ class _Sequence:
     round: int = 0  # completed output tokens
 
     def forced_after_sample(self) -> tuple[int, ...]:
-        """The forced tokens appended right after the token sampled now (none at the talk)."""
+        """The forced tokens appended right after the token sampled now: a run of at least
+        `MIN_FUSED_TOKENS` (none at the talk token; a shorter run is sampled as forced)."""
         if self.step >= self.spec.steps - 1:
             return ()
-        return self.spec.forced_from(self.step + 1)
+        forced = self.spec.forced_from(self.step + 1)
+        return forced if len(forced) >= MIN_FUSED_TOKENS else ()
 
     def runner_seed(self) -> int | None:
         """The seed of the runner's request from here: `seed + round` at a round's start (the

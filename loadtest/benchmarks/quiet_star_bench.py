@@ -3,7 +3,8 @@
 * ``forward``: forward positions and engine steps per output token from vLLM's own counters
   against the analytic counts, for both gateway engines (``--quiet-star-engine``) and for
   one-token and the default delimiters: ``s + t + e + 1`` positions (``t + 3`` with one-token
-  delimiters) in ``t + 2`` steps for ``continuation``; the same plus the re-prefilled prompt
+  delimiters) for ``continuation``, one step each except forced runs of several tokens, which
+  share the step before them (``continuation_steps``); the same plus the re-prefilled prompt
   tail per call, one step per round token, for ``per_token``.
 * ``speed``: output tokens/s for t in {4, 8} x concurrency in {1, 8}: the gateway with the
   continuation engine and with the per-token engine, the HF lockstep loop with a cropped KV
@@ -30,6 +31,9 @@ import sys
 import time
 from typing import Any
 
+from transformers import AutoTokenizer
+
+from kernels.quiet_star.scheduler import MIN_FUSED_TOKENS
 from loadtest.harness import cli
 from loadtest.harness.driver import run_bodies
 from loadtest.harness.results import spread
@@ -37,6 +41,7 @@ from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import REPO, metric_total, scrape_metrics, start_gateway
 from loadtest.harness.tables import cell, fmt, fmt_spread, markdown_table
 from server.answers import answers_match, extract_answer
+from server.quiet_star.delimiters import resolve_delimiters
 
 ONE_TOKEN_DELIMITERS = "<|im_start|>,<|im_end|>"  # one token each in SmolLM2 (and tiny)
 ENGINES = ("continuation", "per_token")  # the gateway's --quiet-star-engine values
@@ -86,12 +91,13 @@ def forward(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
     the analytic counts, for each delimiter setting. Continuation: every output token runs
     exactly ``s + t + e + 1`` positions (the talk token or the prompt's last position, the
     start delimiter, t thoughts, the end delimiter; t + 3 with one-token delimiters), so vLLM's
-    generation counter grows by that much per output token, in ``t + 2`` engine steps (forced
-    delimiter tokens share a step); the prompt is prefilled once (reported apart). Per-token:
+    generation counter grows by that much per output token, in ``continuation_steps`` engine
+    steps; the prompt is prefilled once (reported apart). Per-token:
     each engine call re-prefills its uncached prompt tail (``expected_forward``) and takes a
     step per round token. Steps are vLLM's iteration count (one per engine step with output;
     requests run one at a time)."""
     qs = cli.questions(args, args.questions)
+    tokenizer = AutoTokenizer.from_pretrained(cli.engine_settings(args).model_path())
     rows = []
     for engine in args.engines:
         with gateway(args, f"forward-{engine}", *engine_flag(engine)) as gw:
@@ -99,12 +105,30 @@ def forward(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
             run_bodies(gw.url, [body(model, q, 1, temperature=0.0) for _, q in qs], concurrency=1)
             for delimiters in dict.fromkeys(args.delimiters):
                 for t in args.thought_tokens:
-                    rows.append(_forward_row(args, gw.url, model, qs, engine, delimiters, t))
+                    sizes = delimiter_sizes(tokenizer, delimiters)
+                    rows.append(_forward_row(args, gw.url, model, qs, engine, delimiters, sizes, t))
                     save({"rows": rows})
     return {"settings": _settings(args), "rows": rows}
 
 
-def _forward_row(args, url: str, model: str, qs, engine: str, delimiters: str, t: int) -> dict:
+def delimiter_sizes(tokenizer, delimiters: str) -> tuple[int, int]:
+    """Tokens in the start and end delimiter, as the gateway resolves them."""
+    block = delimiter_block(delimiters)
+    start, end = resolve_delimiters(tokenizer, block.get("start_token"), block.get("end_token"))
+    return len(start), len(end)
+
+
+def continuation_steps(t: int, start: int, end: int) -> int:
+    """Engine steps per output token on the continuation engine (t >= 1): one per sampled token
+    (start[0] at the base row, t thoughts, the talk token), plus one per forced token that
+    is not in a run of at least MIN_FUSED_TOKENS (such runs share the step before them)."""
+    rest = start - 1
+    return 2 + t + (rest if rest < MIN_FUSED_TOKENS else 0) + (end if end < MIN_FUSED_TOKENS else 0)
+
+
+def _forward_row(
+    args, url: str, model: str, qs, engine: str, delimiters: str, sizes: tuple[int, int], t: int
+) -> dict:
     block = {"thought_tokens": t, "mixing_weight": args.mixing_weight}
     block |= delimiter_block(delimiters)
     bodies = [body(model, q, args.max_tokens, block, seed=p.index, ignore_eos=True) for p, q in qs]
@@ -124,7 +148,7 @@ def _forward_row(args, url: str, model: str, qs, engine: str, delimiters: str, t
     positions = round(usages[0]["thought_tokens"] / usages[0]["completion_tokens"]) + 1
     if engine == "continuation":
         measured = gen / tokens  # decode positions + the prompt's last, per token
-        expected, expected_steps = positions, t + 2
+        expected, expected_steps = positions, continuation_steps(t, *sizes)
     else:
         measured = (computed + gen - calls) / tokens
         expected = (

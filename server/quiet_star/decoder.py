@@ -5,7 +5,7 @@ Two ways to run it (the server's `--quiet-star-engine`):
 * **continuation** (default): one engine request per sequence. Our scheduler
   (kernels/quiet_star/scheduler.py) rolls each token's thought back after its talk token, so
   the visible context never holds a thought and a token costs exactly `t + 3` forward
-  positions in `t + 2` engine steps (forced delimiter tokens share the step before them).
+  positions (a multi-token delimiter's forced tokens share the step before them).
   The engine streams every round token (start, thought, end, talk: `t + 3` per output token,
   which is what vLLM's own counters see); this loop keeps the talk tokens.
 * **per_token**: one engine request per output token whose prompt is the visible text so far

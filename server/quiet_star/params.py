@@ -15,7 +15,7 @@ class QuietStarParams(BaseModel):
         ge=0,
         le=64,
         description="Thought length t (sampled tokens between start and end); each output "
-        "token costs t + 2 engine steps (continuation engine). Default: the checkpoint's "
+        "token costs t + 3 forward positions with one-token delimiters. Default: the checkpoint's "
         "n_ahead - 3 (5 for quietstar-8-ahead), else 8.",
     )
     mixing_weight: float | None = Field(

@@ -65,7 +65,7 @@ def per_token_http(tiny_model_dir, tmp_path_factory) -> Iterator[httpx.Client]:
 
 
 @pytest.mark.parametrize("t", [0, 3, 8])
-def test_vllm_counts_t_plus_3_positions_in_t_plus_2_steps_per_output_token(http, t) -> None:
+def test_vllm_counts_exactly_t_plus_3_positions_per_output_token(http, t) -> None:
     before = scrape_metrics(http)
     prompt_before = metric(before, *LOCAL)
     body = generate(http, max_tokens=7, quiet_star={"thought_tokens": t, "mixing_weight": 0.5})
@@ -74,9 +74,9 @@ def test_vllm_counts_t_plus_3_positions_in_t_plus_2_steps_per_output_token(http,
     )
     after = scrape_metrics(http)
     prompt_computed = metric(after, *LOCAL) - prompt_before
-    # One step per sampled token: start (at the base row: the prompt's prefill step), t thought
-    # tokens and the talk token; the end token shares the talk token's step.
-    assert metric(after, STEPS) - metric(before, STEPS) == 7 * (t + 2)
+    # One-token delimiters: one engine step per position (start at the base row, the first
+    # step being the prompt's prefill; t thought tokens; end; the talk token).
+    assert metric(after, STEPS) - metric(before, STEPS) == 7 * (t + 3)
     usage = body["usage"]
     assert usage["completion_tokens"] == 7
     assert usage["engine_calls"] == 1  # one engine request for the whole sequence
@@ -90,7 +90,8 @@ def test_vllm_counts_t_plus_3_positions_in_t_plus_2_steps_per_output_token(http,
 
 def test_multi_token_delimiters_add_positions_but_no_steps(http) -> None:
     """A model without thought tokens thinks between multi-token strings; their forced tokens
-    ride along with the step before them: still t + 2 steps per output token."""
+    ride along with the step before them: t + 2 steps per output token, fewer than with
+    one-token delimiters."""
     t = 2
     before = scrape_metrics(http)
     body = generate(
@@ -122,16 +123,19 @@ def test_same_seed_gives_the_same_text_even_when_batched_together(http) -> None:
 
 
 def test_matches_the_per_token_engine(http, per_token_http) -> None:
-    """Same seed, same weights: the continuation engine and the one-request-per-token engine
-    sample the same thoughts and the same greedy talk tokens (the talk token's KV sits where
-    `start` was). Both draw thought token k with the round's seed stream; the continuation
-    engine's talk token comes from a stream of its own (the end token shares its step, so the
-    runner sees the request anew), which is why a sampled talk token may differ."""
+    """Same seed, same weights, one-token delimiters: the continuation engine and the
+    one-request-per-token engine sample the same thoughts and talk tokens (the talk token's KV
+    sits where `start` was). With multi-token delimiters the continuation engine appends the
+    forced tokens itself and computes them with the step before them (its later draws come from
+    streams of their own): without thought tokens to draw, the greedy text is the same."""
     for overrides in (
-        {"temperature": 0.0},
+        {},
         {"temperature": 0.0, "seed": 3, "quiet_star": {"thought_tokens": 5, "mixing_weight": 0.7,
                                                        "return_thoughts": True}},
-        {"temperature": 0.0, "n": 2, "max_tokens": 9, "min_tokens": 9, "ignore_eos": False},
+        {"n": 2, "max_tokens": 9, "min_tokens": 9, "ignore_eos": False},
+        {"temperature": 0.0, "quiet_star": {"thought_tokens": 0, "mixing_weight": 0.7,
+                                            "start_token": "<t>", "end_token": "</t>",
+                                            "return_thoughts": True}},
     ):  # fmt: skip
         ours = generate(http, **overrides)
         theirs = generate(per_token_http, **overrides)

@@ -213,3 +213,12 @@ def test_engine_flags_follow_the_benchmark_options_on_gpu_and_cpu(tmp_path) -> N
     gpu = cli.engine_settings(p.parse_args(gpu_args))
     flags = gpu.flags()
     assert flags[flags.index("--dtype") + 1] == "auto" and "--block-size" not in flags
+
+
+def test_continuation_steps_counts_only_unfused_forced_tokens() -> None:
+    from loadtest.benchmarks.quiet_star_bench import continuation_steps
+
+    assert continuation_steps(4, 1, 1) == 7  # one-token delimiters: a step per position
+    assert continuation_steps(4, 3, 3) == 6  # <think>-like: both runs share a step
+    assert continuation_steps(8, 2, 1) == 12  # runs of one: sampled as forced
+    assert continuation_steps(8, 2, 3) == 11

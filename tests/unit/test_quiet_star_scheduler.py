@@ -97,9 +97,9 @@ def test_each_talk_token_replaces_its_thought_and_is_computed_where_start_was(co
     sched = scheduler(config)
     req = request("r", max_tokens=3, seed=7)
     sched.add_request(req)
-    # what the runner samples each round: start (forced at the base row), 2 thought tokens,
-    # talk; the scheduler appends END itself right after the last thought token
-    rounds = [[START, 20, 21, 30], [START, 22, 23, 31], [START, 24, 25, 32]]
+    # one-token delimiters: the runner samples every round token (a single forced token is not
+    # worth a re-announcement, MIN_FUSED_TOKENS)
+    rounds = [[START, 20, 21, END, 30], [START, 22, 23, END, 31], [START, 24, 25, END, 32]]
     visible = list(PROMPT)
     for k, tokens in enumerate(rounds):
         for i, token in enumerate(tokens):
@@ -113,22 +113,11 @@ def test_each_talk_token_replaces_its_thought_and_is_computed_where_start_was(co
                 assert new.num_computed_tokens == len(visible) - 1
                 assert new.sampling_params.seed == 7 + k  # token k samples with seed + k
                 assert ROUND_STEP_KEY not in new.sampling_params.extra_args
-            elif i == 3:
-                # the talk step computes the last thought token and END in one forward pass:
-                # re-announced with both in the prompt, the sample falls at round index 4
-                (new,) = out.scheduled_new_reqs
-                assert new.prompt_token_ids == [*visible, START, *tokens[1:3], END]
-                assert new.num_computed_tokens == len(new.prompt_token_ids) - 2
-                assert out.num_scheduled_tokens["r"] == 2
-                assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 4
-                assert new.sampling_params.seed not in (None, 7 + k)
             elif k > 0 or i > 0:  # (the very first step admits the request itself)
                 assert not out.scheduled_new_reqs
-            # every token is streamed, END with the thought token it follows
-            assert [o.new_token_ids for o in emitted] == [[token, END] if i == 2 else [token]]
+            assert [o.new_token_ids for o in emitted] == [[token]]  # every token is streamed
             if i < len(tokens) - 1:
-                round_so_far = [*tokens[: i + 1], *([END] if i == 2 else [])]
-                assert list(req.all_token_ids) == visible + round_so_far
+                assert list(req.all_token_ids) == visible + tokens[: i + 1]
                 # thought KV is never prefix-cached: only whole blocks of visible tokens
                 assert cached_blocks(sched, req) <= len(visible) // BLOCK
         visible.append(tokens[-1])
@@ -143,19 +132,22 @@ def test_each_talk_token_replaces_its_thought_and_is_computed_where_start_was(co
 
 def test_multi_token_delimiters_cost_no_extra_steps(config) -> None:
     """Start `(5, 7, 8)`, end `(6, 9)`, t = 1: the runner samples start[0], one thought token
-    and the talk token (t + 2 = 3 steps); the other 4 delimiter tokens ride along."""
+    and the talk token (t + 2 = 3 steps); the other 4 delimiter tokens ride along, computed in
+    the same forward pass as the token before them."""
     sched = scheduler(config)
     req = request("d", max_tokens=2, start=(START, 7, 8), end=(END, 9), thought_tokens=1, seed=1)
     sched.add_request(req)
     visible = list(PROMPT)
-    for talk in (30, 31):
+    for k, talk in enumerate((30, 31)):
         _, emitted = step(sched, req, START)
         assert emitted[0].new_token_ids == [START, 7, 8]
         out, emitted = step(sched, req, 20)
         (new,) = out.scheduled_new_reqs  # start[1:] computed with start[0]
         assert new.prompt_token_ids == [*visible, START, 7, 8]
+        assert new.num_computed_tokens == len(visible)  # the base row is behind it
         assert out.num_scheduled_tokens["d"] == 3
         assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 3  # the thought token
+        assert new.sampling_params.seed not in (None, 1 + k)  # a stream of its own
         assert emitted[0].new_token_ids == [20, END, 9]
         out, emitted = step(sched, req, talk)
         (new,) = out.scheduled_new_reqs
@@ -164,6 +156,7 @@ def test_multi_token_delimiters_cost_no_extra_steps(config) -> None:
         assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 6  # the talk token
         visible.append(talk)
         assert list(req.all_token_ids) == visible
+        assert cached_blocks(sched, req) <= len(visible) // BLOCK
     assert req.is_finished()
 
 
@@ -171,7 +164,7 @@ def test_forced_tokens_get_a_logprobs_row_each(config) -> None:
     """vLLM's output path slices one logprobs row per streamed token: each appended forced
     token gets its own row (itself, logprob 0), the sampled token keeps the runner's row."""
     sched = scheduler(config)
-    req = request("l", max_tokens=1, logprobs=1)
+    req = request("l", max_tokens=1, end=(END, 9), logprobs=1)
     sched.add_request(req)
 
     def row(token: int) -> LogprobsLists:
@@ -180,28 +173,28 @@ def test_forced_tokens_get_a_logprobs_row_each(config) -> None:
     for token in (START, 20):
         _, emitted = step(sched, req, token, row(token))
         assert len(emitted[0].new_logprobs.logprobs) == 1
-    _, emitted = step(sched, req, 21, row(21))  # END is appended after it
+    _, emitted = step(sched, req, 21, row(21))  # END, 9 are appended after it
     lists = emitted[0].new_logprobs
-    assert emitted[0].new_token_ids == [21, END]
-    assert lists.logprob_token_ids[:, 0].tolist() == [21, END]
-    assert lists.logprobs[:, 0].tolist() == [-0.5, 0.0]
-    assert lists.logprobs[1, 1] == -np.inf and lists.sampled_token_ranks.tolist() == [2, 1]
+    assert emitted[0].new_token_ids == [21, END, 9]
+    assert lists.logprob_token_ids[:, 0].tolist() == [21, END, 9]
+    assert lists.logprobs[:, 0].tolist() == [-0.5, 0.0, 0.0]
+    assert lists.logprobs[1, 1] == -np.inf and lists.sampled_token_ranks.tolist() == [2, 1, 1]
 
 
 def test_a_preempted_request_is_re_announced_with_its_round_position(config) -> None:
     sched = scheduler(config)
-    req = request("p", max_tokens=2, seed=5)
+    req = request("p", max_tokens=2, end=(END, 9), seed=5)
     sched.add_request(req)
     for token in (START, 20, 21):
-        step(sched, req, token)  # END appended: a re-announcement is due
+        step(sched, req, token)  # END, 9 appended: a re-announcement is due
     sched._reannounce.clear()  # as if it had run; then the request is preempted
     sched.running.remove(req)
     sched._preempt_request(req, 0.0)  # (puts it back in the waiting queue)
     out, _ = step(sched, req, 30)
     (new,) = out.scheduled_new_reqs
     assert "p" in out.finished_req_ids
-    assert new.prompt_token_ids == [*PROMPT, START, 20, 21, END]
-    assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 4
+    assert new.prompt_token_ids == [*PROMPT, START, 20, 21, END, 9]
+    assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 5
     assert list(req.all_token_ids) == [*PROMPT, 30]
 
 
@@ -209,7 +202,7 @@ def test_a_thought_token_never_stops_the_request_a_talk_token_does(config) -> No
     sched = scheduler(config)
     req = request("s", max_tokens=5, stop_token_ids=[99])
     sched.add_request(req)
-    for token in [START, 99, 21]:  # 99 inside the thought: not a stop (END is appended)
+    for token in [START, 99, 21, END]:  # 99 inside the thought: not a stop
         step(sched, req, token)
         assert not req.is_finished()
     _, emitted = step(sched, req, 99)  # 99 as the talk token: stop
@@ -224,9 +217,9 @@ def test_a_step_that_would_pass_max_model_len_is_not_started(config) -> None:
     sched.add_request(req)
     tokens = 0
     while not req.is_finished():
-        step(sched, req, [START, 20, 21, 30][tokens % 4])  # END is appended after 21
+        step(sched, req, [START, 20, 21, END, 30][tokens % 5])
         tokens += 1
     # visible + (t + 3) <= max_model_len after the last talk token; never a cut thought
-    assert tokens % 4 == 0
+    assert tokens % 5 == 0
     assert len(req.all_token_ids) + 5 > 64 >= len(req.all_token_ids)
     assert req.get_finished_reason() is not None
