@@ -91,12 +91,6 @@ class QuietStarSpec:
             else:
                 return tuple(forced)
 
-    @property
-    def sampled_steps(self) -> int:
-        """Engine steps of one Quiet-STaR token when forced tokens share a step with the token
-        before them (the continuation engine): start[0] at the base row, t thoughts, talk."""
-        return self.thought_tokens + 2
-
     def to_extra_args(self) -> dict:
         data = asdict(self)
         for name in _ID_TUPLES:

@@ -104,8 +104,8 @@ def forward(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
             model = cli.engine_settings(args).name()
             run_bodies(gw.url, [body(model, q, 1, temperature=0.0) for _, q in qs], concurrency=1)
             for delimiters in dict.fromkeys(args.delimiters):
+                sizes = delimiter_sizes(tokenizer, delimiters)
                 for t in args.thought_tokens:
-                    sizes = delimiter_sizes(tokenizer, delimiters)
                     rows.append(_forward_row(args, gw.url, model, qs, engine, delimiters, sizes, t))
                     save({"rows": rows})
     return {"settings": _settings(args), "rows": rows}
@@ -391,15 +391,14 @@ def tables(payload: dict[str, Any]) -> dict[str, str]:
         rows = [
             [
                 r["engine"],
-                "one-token" if r.get("delimiters", ONE_TOKEN_DELIMITERS) == ONE_TOKEN_DELIMITERS
-                else r["delimiters"],
+                "one-token" if r["delimiters"] == ONE_TOKEN_DELIMITERS else r["delimiters"],
                 r["thought_tokens"],
                 r["steps"],
                 fmt(r["engine_calls_per_request"], 1),
                 fmt(r["vllm_forward_per_token"]),
                 fmt(r["expected_per_token"]),
-                fmt(r["vllm_steps_per_token"]) if "vllm_steps_per_token" in r else "–",
-                r.get("expected_steps_per_token", "–"),
+                fmt(r["vllm_steps_per_token"]),
+                r["expected_steps_per_token"],
                 fmt(r["prompt_positions_per_request"], 1),
             ]
             for r in payload["rows"]
