@@ -22,7 +22,11 @@ def main(argv: list[str] | None = None) -> None:
     if problem is not None:
         print(f"thinkscale: {problem}", file=sys.stderr)
         sys.exit(EXIT_INSECURE)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # a setting this machine cannot honour
+        print(f"thinkscale: {exc}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(run(app, settings.host, settings.port, settings.log_level))
 
 

@@ -93,6 +93,14 @@ class Settings(BaseSettings):
         "with 4 cores or fewer (where the kept core is a large share: docs/benchmarks.md), "
         "else 'auto'; an operator's VLLM_CPU_OMP_THREADS_BIND is left alone.",
     )
+    model_runner: Literal["v1", "v2"] = Field(
+        "v1",
+        description="vLLM's model runner on GPU, with the Quiet-STaR logits processor written "
+        "for it: 'v1' pins the V1 runner (the one vLLM's CPU backend always runs, where every "
+        "test runs); 'v2' = Model Runner V2, vLLM's GPU default (docs/quiet_star.md, 'The GPU "
+        "path'). Not on CPU: vLLM refuses V2 without a Triton backend ('Model Runner V2 requires "
+        "Triton').",
+    )
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_model_len: int | None = Field(
         None, ge=64, description="Longest prompt + completion (tokens); default: the model's own."
@@ -245,6 +253,8 @@ def resolve_hardware_defaults(settings: Settings) -> Settings:
         updates["enforce_eager"] = on_cpu
     if settings.cpu_threads_bind is None and on_cpu:
         updates["cpu_threads_bind"] = default_cpu_threads_bind()
+    if on_cpu and settings.model_runner == "v2":
+        raise ValueError("model_runner: vLLM runs Model Runner V2 only with Triton (GPU); use 'v1'")
     return settings.model_copy(update=updates)
 
 

@@ -20,6 +20,7 @@ from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
+from kernels.quiet_star import PROCESSOR_V2_FQCN as QUIET_STAR_PROCESSOR_V2
 from kernels.quiet_star import checkpoint as quiet_star_checkpoint
 from kernels.quiet_star.plugin import register as register_quiet_star_model
 from kernels.quiet_star.scheduler import SCHEDULER_FQCN as QUIET_STAR_SCHEDULER
@@ -49,9 +50,9 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         if bind is not None:  # vLLM's engine processes inherit it
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
     else:
-        # Our Quiet-STaR processor implements the V1 model-runner interface (the one vLLM
-        # always uses on CPU); pin it on GPU too, where Model Runner V2 is the default.
-        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+        # On GPU vLLM defaults to Model Runner V2, which refuses V1-interface processors: pin
+        # the runner the operator chose, and load our processor written for it.
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if settings.model_runner == "v2" else "0"
     continuation = settings.quiet_star_engine == "continuation"
     return AsyncEngineArgs(
         model=model_path,
@@ -69,7 +70,7 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
         trust_remote_code=settings.trust_remote_code,
         seed=settings.seed,
         disable_log_stats=False,  # keeps vLLM's own vllm:* Prometheus series
-        logits_processors=[QUIET_STAR_PROCESSOR],
+        logits_processors=[quiet_star_processor(settings)],
         # The REBASE priority scheduler passes `priority=` per engine request (lower first);
         # vLLM honours it, and preempts the lowest priority first, only under this policy.
         scheduling_policy="priority" if settings.rebase_scheduler == "priority" else "fcfs",
@@ -81,6 +82,14 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
             else {}
         ),
     )
+
+
+def quiet_star_processor(settings: Settings) -> str:
+    """The Quiet-STaR logits processor for the model runner the engine will use (V2 only on a
+    GPU that asked for it: resolve_hardware_defaults refuses V2 on CPU)."""
+    if settings.device != "cpu" and settings.model_runner == "v2":
+        return QUIET_STAR_PROCESSOR_V2
+    return QUIET_STAR_PROCESSOR
 
 
 def quiet_star_overrides(settings: Settings, model_path: str) -> dict | None:

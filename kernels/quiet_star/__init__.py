@@ -9,3 +9,4 @@ model to the processor, `plugin` the ModelRegistry registration. Details: docs/q
 """
 
 PROCESSOR_FQCN = "kernels.quiet_star.processor:QuietStarLogitsProcessor"
+PROCESSOR_V2_FQCN = "kernels.quiet_star.processor_v2:QuietStarLogitsProcessorV2"

@@ -231,35 +231,20 @@ class QuietStarScheduler(Scheduler):
         """Send each rolled-back request (or one with appended forced tokens) that runs this
         step to the runner as finished + new: the runner's token ids can only grow or shrink
         at the end and only by what it sampled; the talk token must replace `start` in the
-        middle."""
+        middle. (Model Runner V2 sends a resumed request as new already, with the original
+        prompt: that entry is rewritten the same way.)"""
+        new_reqs = output.scheduled_new_reqs
+        for i, new in enumerate(new_reqs):
+            if new.req_id in self._reannounce:
+                self._reannounce.discard(new.req_id)
+                new_reqs[i] = self._runner_request(new.req_id, new.num_computed_tokens)
         cached = output.scheduled_cached_reqs
         for i in reversed(range(len(cached.req_ids))):
             req_id = cached.req_ids[i]
             if req_id not in self._reannounce:
                 continue
             self._reannounce.discard(req_id)
-            request = self.requests[req_id]
-            sequence = self._sequences[req_id]
-            params = copy.copy(request.sampling_params)
-            params.seed = sequence.runner_seed()
-            if sequence.step:
-                params.extra_args = {**params.extra_args, ROUND_STEP_KEY: sequence.step}
-            prompt = list(request.all_token_ids)
-            is_token_ids = request.prompt_is_token_ids
-            new = NewRequestData.from_request(request, self.kv_cache_manager.get_block_ids(req_id))
-            output.scheduled_new_reqs.append(
-                dataclasses.replace(
-                    new,
-                    prompt_token_ids=prompt,
-                    sampling_params=params,
-                    num_computed_tokens=cached.num_computed_tokens[i],
-                    prompt_is_token_ids=(
-                        None
-                        if is_token_ids is None
-                        else [*is_token_ids, *([True] * (len(prompt) - len(is_token_ids)))]
-                    ),
-                )
-            )
+            new_reqs.append(self._runner_request(req_id, cached.num_computed_tokens[i]))
             output.finished_req_ids.add(req_id)
             for column in (
                 cached.req_ids,
@@ -272,3 +257,32 @@ class QuietStarScheduler(Scheduler):
                 del cached.new_token_ids[i]
             cached.resumed_req_ids.discard(req_id)
             cached.all_token_ids.pop(req_id, None)
+
+    def _runner_request(self, req_id: str, num_computed_tokens: int) -> NewRequestData:
+        """The request as the runner must see it from here: its prompt is every token so far
+        (the visible text, then the round's tokens), its seed the round's, and the round
+        index of its first sample in `extra_args` when that is not 0."""
+        request = self.requests[req_id]
+        sequence = self._sequences[req_id]
+        params = copy.copy(request.sampling_params)
+        params.seed = sequence.runner_seed()
+        if sequence.step:
+            params.extra_args = {**params.extra_args, ROUND_STEP_KEY: sequence.step}
+        prompt = list(request.all_token_ids)
+        is_token_ids = request.prompt_is_token_ids
+        new = NewRequestData.from_request(
+            request,
+            self.kv_cache_manager.get_block_ids(req_id),
+            prefill_token_ids=prompt if self.use_v2_model_runner else None,
+        )
+        return dataclasses.replace(
+            new,
+            prompt_token_ids=prompt,
+            sampling_params=params,
+            num_computed_tokens=num_computed_tokens,
+            prompt_is_token_ids=(
+                None
+                if is_token_ids is None
+                else [*is_token_ids, *([True] * (len(prompt) - len(is_token_ids)))]
+            ),
+        )

@@ -117,6 +117,27 @@ def test_engine_args_register_quiet_star_and_pin_v1_runner_on_gpu(
     assert args.enable_prefix_caching and args.block_size == 16
 
 
+def test_model_runner_v2_loads_the_v2_processor_on_gpu_and_is_refused_on_cpu(
+    monkeypatch, tiny_model_dir
+) -> None:
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    gpu = resolve_hardware_defaults(Settings(device="cuda", model_runner="v2"))
+    args = build_engine_args(gpu, str(tiny_model_dir))
+    assert args.logits_processors == ["kernels.quiet_star.processor_v2:QuietStarLogitsProcessorV2"]
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "1"
+    with pytest.raises(ValueError, match=r"model_runner: .* only with Triton"):
+        resolve_hardware_defaults(Settings(device="cpu", model_runner="v2"))
+
+
+def test_a_setting_the_machine_cannot_honour_exits_with_its_message(capsys) -> None:
+    from server.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--device", "cpu", "--model-runner", "v2"])
+    assert exit_info.value.code == 2
+    assert "model_runner" in capsys.readouterr().err
+
+
 def test_engine_args_bound_the_cpu_kv_cache(monkeypatch, tiny_model_dir) -> None:
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     cpu = resolve_hardware_defaults(Settings(device="cpu", kv_cache_gib=3))

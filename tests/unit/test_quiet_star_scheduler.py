@@ -223,3 +223,46 @@ def test_a_step_that_would_pass_max_model_len_is_not_started(config) -> None:
     assert tokens % 5 == 0
     assert len(req.all_token_ids) + 5 > 64 >= len(req.all_token_ids)
     assert req.get_finished_reason() is not None
+
+
+@pytest.fixture
+def v2_runner(monkeypatch) -> None:
+    """The scheduler as it runs in front of Model Runner V2 (vLLM's GPU default)."""
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+
+
+def test_model_runner_v2_gets_the_rolled_back_prompt_as_its_prefill(config, v2_runner) -> None:
+    """V2's runner rebuilds a request from `prefill_token_ids`: after a rollback (and after
+    appended forced tokens) that must be the visible text plus the round so far."""
+    sched = scheduler(config)
+    assert sched.use_v2_model_runner
+    req = request("v", max_tokens=2, end=(END, 9))
+    sched.add_request(req)
+    step(sched, req, START)
+    step(sched, req, 20)
+    step(sched, req, 21)  # END, 9 appended
+    out, _ = step(sched, req, 30)
+    (new,) = out.scheduled_new_reqs
+    assert new.prompt_token_ids == new.prefill_token_ids == [*PROMPT, START, 20, 21, END, 9]
+    assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 5
+    out, _ = step(sched, req, START)  # the round after the talk token 30
+    (new,) = out.scheduled_new_reqs
+    assert new.prompt_token_ids == new.prefill_token_ids == [*PROMPT, 30]
+
+
+def test_model_runner_v2_resumes_a_preempted_request_with_its_round(config, v2_runner) -> None:
+    """V2 sends a resumed request as new with the original prompt; the scheduler rewrites
+    that entry (prompt = every token so far, the round step in `extra_args`), once."""
+    sched = scheduler(config)
+    req = request("q", max_tokens=2, end=(END, 9), seed=5)
+    sched.add_request(req)
+    for token in (START, 20, 21):
+        step(sched, req, token)
+    sched._reannounce.clear()  # as if it had run; then the request is preempted
+    sched.running.remove(req)
+    sched._preempt_request(req, 0.0)
+    out, _ = step(sched, req, 30)
+    (new,) = out.scheduled_new_reqs
+    assert new.prompt_token_ids == new.prefill_token_ids == [*PROMPT, START, 20, 21, END, 9]
+    assert new.sampling_params.extra_args[ROUND_STEP_KEY] == 5
+    assert not out.scheduled_cached_reqs.req_ids  # announced once, as new
