@@ -9,7 +9,11 @@
 * ``speed``: output tokens/s for t in {4, 8} x concurrency in {1, 8}: the gateway with the
   continuation engine and with the per-token engine, the HF lockstep loop with a cropped KV
   cache (batch = concurrency) and the HF no-cache loop (``hf_quiet_star``), each side alone on
-  the machine, in alternating rounds, all with the same w and delimiters.
+  the machine, in alternating rounds, all with the same w and delimiters; and the bound the
+  engine sets (``gateway:plain-bound``): plain decoding of as many tokens as the Quiet-STaR
+  requests take engine steps, its tokens/s divided by the steps per output token (``t + 3``
+  with one-token delimiters), i.e. what the continuation engine would reach if each of its
+  steps cost no more than a plain decode step.
 * ``methods``: baseline, rebase, quiet_star and quiet_star+rebase on the same questions in one
   gateway, configs in alternating order per round: seconds, FLOPs, thought tokens.
 * ``coherence``: greedy quiet_star text for several mixing weights against baseline greedy,
@@ -45,6 +49,7 @@ from server.quiet_star.delimiters import resolve_delimiters
 
 ONE_TOKEN_DELIMITERS = "<|im_start|>,<|im_end|>"  # one token each in SmolLM2 (and tiny)
 ENGINES = ("continuation", "per_token")  # the gateway's --quiet-star-engine values
+PLAIN_BOUND = "gateway:plain-bound"  # plain decoding tokens/s / steps per Quiet-STaR token
 
 
 def delimiter_block(spec: str) -> dict[str, str]:
@@ -183,6 +188,8 @@ def speed(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
     most = max(args.questions, *args.concurrency)
     qs = cli.questions(args, most)
     sides = [f"gateway:{e}" for e in args.engines] + [f"hf:{c}" for c in args.hf_caches]
+    if args.plain_bound:
+        sides.append(PLAIN_BOUND)
 
     def grid(side: str) -> list[tuple[int, int]]:
         if side in ("hf:none", "hf:thought"):  # batch-1 loops: concurrency 1 only
@@ -192,7 +199,26 @@ def speed(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
     def measure(rnd: int, side: str) -> dict[str, Any]:
         kind, mode = side.split(":")
         rows = []
-        if kind == "gateway":
+        if side == PLAIN_BOUND:
+            tokenizer = AutoTokenizer.from_pretrained(cli.engine_settings(args).model_path())
+            sizes = delimiter_sizes(tokenizer, args.delimiters)
+            with gateway(args, f"r{rnd}-speed-plain") as gw:
+                model = cli.engine_settings(args).name()
+                for t, c in grid(side):
+                    steps = continuation_steps(t, *sizes)  # t + 3 with one-token delimiters
+                    n = max(args.questions, c)
+                    run_bodies(gw.url, [body(model, q, 2) for _, q in qs[:c]], concurrency=c)
+                    bodies = [
+                        body(model, q, args.max_tokens * steps, seed=p.index, ignore_eos=True)
+                        for p, q in qs[:n]
+                    ]
+                    done = run_bodies(gw.url, bodies, concurrency=c)
+                    plain = sum(r.completion_tokens for r in done.results) / done.wall_s
+                    rows.append(
+                        {"t": t, "concurrency": c, "tokens_per_s": plain / steps,
+                         "plain_tokens_per_s": plain}
+                    )  # fmt: skip
+        elif kind == "gateway":
             with gateway(args, f"r{rnd}-speed-{mode}", *engine_flag(mode)) as gw:
                 model = cli.engine_settings(args).name()
                 for t, c in grid(side):
@@ -491,6 +517,12 @@ def main(argv: list[str] | None = None) -> None:
     sp["forward"].add_argument("--delimiters", nargs="+", default=[ONE_TOKEN_DELIMITERS, "default"])
     sp["forward"].add_argument("--block-size", type=int, default=32, help="the engine's")
     sp["speed"].add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    sp["speed"].add_argument(
+        "--plain-bound",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure plain decoding of as many tokens as Quiet-STaR takes steps",
+    )
     sp["speed"].add_argument(
         "--hf-caches", nargs="+", choices=["crop", "thought", "none"], default=["crop", "none"]
     )
