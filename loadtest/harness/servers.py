@@ -222,6 +222,9 @@ def start_vllm_serve(
         "VLLM_CPU_KVCACHE_SPACE": str(engine.kv_cache_gib),
         "PYTHONUNBUFFERED": "1",
         "HF_HUB_OFFLINE": "1",
+        # REPLICA_FLAGS load the V1-interface processor; on GPU vLLM would start Model Runner
+        # V2, which refuses it (the CPU backend runs V1 anyway). docs/scaling.md.
+        "VLLM_USE_V2_MODEL_RUNNER": "0",
     }
     # The cores the gateway's own engine would use by default, so both sides of a comparison
     # run the model on the same cores (server/config.py, default_cpu_threads_bind).
