@@ -4,9 +4,10 @@ Why: a vLLM logits processor sees only logits, but the checkpoint's mixing weigh
 of two hidden states. Both objects live in the same worker process, and vLLM's V1 model runner
 computes the logits of a step (`model.compute_logits(hidden_states[logits_indices])`, one row
 per request in input-batch order) and then hands exactly those rows, in that order, to the
-sampler that runs the logits processors. So the model publishes the post-norm hidden state of
-each logits row here, and the processor reads row i of the latest publication for batch row i.
-A shape check guards the correspondence.
+sampler that runs the logits processors; Model Runner V2 does the same (`sample`:
+`compute_logits(hidden_states[logits_indices])`, rows in batch order). So the model publishes
+the post-norm hidden state of each logits row here, and the processor reads row i of the latest
+publication for logits row i. A shape check guards the correspondence.
 """
 
 from __future__ import annotations
