@@ -40,27 +40,16 @@ from vllm.v1.sample.logits_processor import (
 
 from kernels.quiet_star.plugin import register
 from kernels.quiet_star.spec import ROUND_STEP_KEY, QuietStarSpec
-from kernels.quiet_star.step_machine import StepMachine
+from kernels.quiet_star.step_machine import (
+    MAX_PARKED_BASES,
+    StepMachine,
+    validate_quiet_star_params,
+)
 
 # vLLM imports this module in every engine worker before it loads the model: registering the
 # Quiet-STaR architecture here makes it resolvable even where the package's vLLM plugin entry
 # point is not installed (a plain checkout). Idempotent.
 register()
-
-# Bases of requests that left the batch unfinished (preempted or aborted), kept for their
-# return on top of one per running request; bounded so aborted requests cannot leak memory.
-MAX_PARKED_BASES = 256
-
-
-def validate_quiet_star_params(sampling_params: SamplingParams) -> None:
-    """Refuse, at admission, arguments the step machine cannot run (both runner interfaces)."""
-    spec = QuietStarSpec.from_extra_args(sampling_params.extra_args)
-    if spec is None:
-        return
-    if spec.continuation:
-        return  # a whole sequence: the scheduler rolls each token's thought back
-    if sampling_params.max_tokens is not None and sampling_params.max_tokens > spec.steps:
-        raise ValueError(f"a Quiet-STaR request runs at most {spec.steps} steps (t + 3)")
 
 
 @dataclass

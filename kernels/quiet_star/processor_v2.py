@@ -35,9 +35,12 @@ from vllm.v1.worker.gpu.sample.logits_processor import (
 )
 
 from kernels.quiet_star.plugin import register
-from kernels.quiet_star.processor import MAX_PARKED_BASES, validate_quiet_star_params
 from kernels.quiet_star.spec import ROUND_STEP_KEY, QuietStarSpec
-from kernels.quiet_star.step_machine import StepMachine
+from kernels.quiet_star.step_machine import (
+    MAX_PARKED_BASES,
+    StepMachine,
+    validate_quiet_star_params,
+)
 
 register()  # as in processor.py: the worker may load the model after importing this
 
@@ -90,6 +93,7 @@ class QuietStarLogitsProcessorV2(LogitsProcessor):
     def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
         if not self.slots:
             return logits
+        requests: list[_SlotRequest] = []
         rows: list[tuple[int, _StepRow]] = []
         for position, slot in enumerate(ctx.idx_mapping_np.tolist()):
             request = self.slots.get(slot)
@@ -98,14 +102,15 @@ class QuietStarLogitsProcessorV2(LogitsProcessor):
             prompt = int(self.prompt_len.np[slot])
             produced = max(0, int(ctx.seq_lens_upper_bound_np[position]) - prompt)
             step = request.offset + produced
+            requests.append(request)
             rows.append((position, _StepRow(request.spec, request.offset, prompt, step)))
         if not rows:
             return logits
         logits = self.machine.apply(logits, rows)
-        for position, row in rows:
+        for request, (_, row) in zip(requests, rows, strict=True):
             if row.spec.phase(row.step)[0] != "talk":
                 continue
-            self.slots[int(ctx.idx_mapping_np[position])].talked = True
+            request.talked = True
             if row.spec.continuation:
                 self.machine.forget(row.spec.key)
         return logits

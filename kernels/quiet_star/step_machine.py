@@ -29,9 +29,25 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from vllm import SamplingParams
 
 from kernels.quiet_star import hidden, tensor_ops
 from kernels.quiet_star.spec import QuietStarSpec
+
+# Bases of requests that left the batch unfinished (preempted or aborted), kept for their
+# return on top of one per running request; bounded so aborted requests cannot leak memory.
+MAX_PARKED_BASES = 256
+
+
+def validate_quiet_star_params(sampling_params: SamplingParams) -> None:
+    """Refuse, at admission, arguments the step machine cannot run (both runner interfaces)."""
+    spec = QuietStarSpec.from_extra_args(sampling_params.extra_args)
+    if spec is None:
+        return
+    if spec.continuation:
+        return  # a whole sequence: the scheduler rolls each token's thought back
+    if sampling_params.max_tokens is not None and sampling_params.max_tokens > spec.steps:
+        raise ValueError(f"a Quiet-STaR request runs at most {spec.steps} steps (t + 3)")
 
 
 class RoundRow(Protocol):

@@ -190,6 +190,9 @@ def speed(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
     sides = [f"gateway:{e}" for e in args.engines] + [f"hf:{c}" for c in args.hf_caches]
     if args.plain_bound:
         sides.append(PLAIN_BOUND)
+        tokenizer = AutoTokenizer.from_pretrained(cli.engine_settings(args).model_path())
+        sizes = delimiter_sizes(tokenizer, args.delimiters)
+        steps_per_token = {t: continuation_steps(t, *sizes) for t in args.thought_tokens}
 
     def grid(side: str) -> list[tuple[int, int]]:
         if side in ("hf:none", "hf:thought"):  # batch-1 loops: concurrency 1 only
@@ -200,12 +203,10 @@ def speed(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
         kind, mode = side.split(":")
         rows = []
         if side == PLAIN_BOUND:
-            tokenizer = AutoTokenizer.from_pretrained(cli.engine_settings(args).model_path())
-            sizes = delimiter_sizes(tokenizer, args.delimiters)
             with gateway(args, f"r{rnd}-speed-plain") as gw:
                 model = cli.engine_settings(args).name()
                 for t, c in grid(side):
-                    steps = continuation_steps(t, *sizes)  # t + 3 with one-token delimiters
+                    steps = steps_per_token[t]  # t + 3 with one-token delimiters
                     n = max(args.questions, c)
                     run_bodies(gw.url, [body(model, q, 2) for _, q in qs[:c]], concurrency=c)
                     bodies = [
