@@ -21,7 +21,7 @@ from server.api.errors import install_error_handlers
 from server.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from server.api.routes import router
 from server.api.serving import CompletionService
-from server.config import Settings, resolve_hardware_defaults
+from server.config import Settings, cpu_flags, resolve_hardware_defaults
 from server.dtype_probe import settle_cpu_dtype
 from server.engine import resolve_model_path
 from server.engines import start_policy_engine
@@ -117,15 +117,34 @@ async def _start_engine(app: FastAPI, settings: Settings) -> None:
         return
     app.state.service = service
     lifecycle.ready = True
+    info = engine_info(settings, engine)
+    metrics.ENGINE.info(info)
     # A dead engine core (OOM-killed, crashed) must end the process so it gets restarted.
     lifecycle.watch(engines_of(service))
     logger.info(
         "engine ready: serving %s (dtype %s, max_model_len %d; warm-up %.1f s)",
         engine.model_name,
-        settings.dtype or "auto",
+        info["dtype"],
         engine.max_model_len,
         seconds,
     )
+
+
+def engine_info(settings: Settings, engine: object) -> dict[str, str]:
+    """What `thinkscale_engine_info` says (strings only: Prometheus labels). The dtype is the
+    one vLLM resolved (it turns 'auto' into the model's), for the in-process engine."""
+    flags = cpu_flags()
+    model_config = getattr(getattr(engine, "llm", None), "model_config", None)
+    dtype = getattr(model_config, "dtype", None) or settings.dtype or "auto"
+    return {
+        "device": settings.device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "cpu_native_bf16": str(bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))).lower(),
+        "cpu_threads_bind": settings.cpu_threads_bind or "",
+        "quiet_star_engine": settings.quiet_star_engine or "",
+        "kv_cache_gib": str(settings.kv_cache_gib) if settings.device == "cpu" else "",
+        "remote": str(bool(settings.engine_url)).lower(),
+    }
 
 
 def settle_engine_settings(settings: Settings) -> tuple[str, Settings]:

@@ -9,7 +9,7 @@ endpoint serves both; vLLM unregisters anything named `vllm:*` at start-up, henc
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
@@ -19,6 +19,12 @@ FLOPS_BUCKETS = tuple(sorted(FLOPS_BUCKETS))
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 RATIO_BUCKETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
+ENGINE = Info(
+    "thinkscale_engine",
+    "How the engine serves, once it passed its warm-up: device, dtype actually used, whether the "
+    "CPU has native bf16, the model threads' binding, the Quiet-STaR engine. Benchmarks record it "
+    "with every result.",
+)
 REQUESTS = Counter(
     "thinkscale_requests",
     "Completion requests by method and outcome (ok, client_error, server_error, cancelled, "
