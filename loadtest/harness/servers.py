@@ -231,7 +231,41 @@ def start_vllm_serve(
     bind = omp_threads_bind_value(default_cpu_threads_bind())
     if bind is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
-    return start_server("vllm", vllm_serve_command(engine, port, *extra_args), env, log_path, port)
+    server = start_server(
+        "vllm", vllm_serve_command(engine, port, *extra_args), env, log_path, port
+    )
+    warm_up_replica(server, engine)
+    return server
+
+
+def warm_up_replica(server: ServerProcess, engine: EngineSettings) -> None:
+    """`vllm serve` says healthy before its first forward pass; run a prefill and a few decode
+    steps before a measurement trusts it (as the gateway's own warm-up does, server/warmup.py),
+    and fail with what ran (model, dtype, KV size) and how the replica ended."""
+    from server.dtype_probe import PROBE_PROMPT, describe_exit
+
+    body = {
+        "model": engine.name(), "prompt": PROBE_PROMPT, "max_tokens": 4,
+        "temperature": 0, "ignore_eos": True,
+    }  # fmt: skip
+    error = ""
+    try:
+        response = httpx.post(f"{server.url}/v1/completions", json=body, timeout=300)
+        if response.status_code != 200 or response.json()["usage"]["completion_tokens"] != 4:
+            error = f"HTTP {response.status_code}: {response.text[:300]}"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    if not error and server.process.poll() is None:
+        return
+    time.sleep(1)  # let a dying replica be reaped
+    ended = server.process.poll()
+    server.stop()
+    status = "still running" if ended is None else f"ended with {describe_exit(ended)}"
+    raise RuntimeError(
+        f"vllm replica failed its warm-up (model {engine.model_path()}, dtype "
+        f"{engine.dtype or 'auto'}, KV cache {engine.kv_cache_gib} GiB): {error or 'no answer'}; "
+        f"the replica {status}:\n{server.log()[-3000:]}"
+    )
 
 
 def start(kind: str, engine: EngineSettings, log_path: Path, *extra_args: str) -> ServerProcess:
