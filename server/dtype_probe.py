@@ -170,7 +170,7 @@ def _cache_file(settings: Settings, model_path: str) -> Path:
     import vllm
 
     key = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "flags": cpu_flags(),
         "vllm": vllm.__version__,
         "torch": torch.__version__,
@@ -184,7 +184,7 @@ def _cache_file(settings: Settings, model_path: str) -> Path:
     return settings.cache_dir / "dtype-probes" / f"{digest}.json"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

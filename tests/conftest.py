@@ -6,6 +6,7 @@ end-to-end test talks to the same process over real HTTP, as a client would.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,20 @@ __all__ = [
     "start_gateway",
     "stop_gateway",
 ]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Where the suite ran and which dtypes it tests, at the top of every run (CI's too): the
+    CPU decides which kernels vLLM takes, and bf16 crashed on one kind of CPU only."""
+    from server.config import cpu_flags, has_native_bf16
+    from server.dtype_probe import cpu_model
+
+    flags = " ".join(f"{name}={'yes' if on else 'no'}" for name, on in cpu_flags().items())
+    return [
+        f"cpu: {cpu_model()} ({len(os.sched_getaffinity(0))} cores usable); {flags}",
+        f"dtypes: the shared test gateway runs {TEST_DTYPE}; tests/e2e/test_startup.py runs "
+        f"bfloat16 on purpose and the default dtype policy (native bf16: {has_native_bf16()})",
+    ]
 
 
 @pytest.fixture(scope="session")
