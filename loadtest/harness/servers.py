@@ -44,9 +44,9 @@ class EngineSettings:
         if self.model is not None:
             return self.model
         from server.config import Settings
-        from server.embedded_model import ensure_embedded_model
+        from server.embedded_model import ensure_served_embedded_model
 
-        return str(ensure_embedded_model(Settings().cache_dir))
+        return str(ensure_served_embedded_model(Settings().cache_dir))
 
     def name(self) -> str:
         if self.served_name:
