@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from server.config import default_cpu_threads_bind, omp_threads_bind_value
+from server.vllm_cli import COMMAND as VLLM_CLI_COMMAND
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -134,10 +135,16 @@ def gateway_command(engine: EngineSettings, port: int, *extra_args: str) -> list
     ]  # fmt: skip
 
 
+def vllm_cli() -> str:
+    """The ``thinkscale-vllm`` console script of this environment: vLLM's CLI on either build
+    (server/vllm_cli.py), the command docs/scaling.md tells operators to run replicas with."""
+    return str(Path(sys.executable).with_name(VLLM_CLI_COMMAND))
+
+
 def vllm_serve_command(engine: EngineSettings, port: int, *extra_args: str) -> list[str]:
     """``vllm serve`` with the gateway's engine settings (prefix caching on, as ours)."""
     return [
-        sys.executable, "-m", "loadtest.benchmarks.vllm_cli", "serve", engine.model_path(),
+        vllm_cli(), "serve", engine.model_path(),
         "--port", str(port), *engine.flags(),
         "--enforce-eager", "--enable-prefix-caching", "--max-logprobs", "20",
         "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log", *extra_args,
