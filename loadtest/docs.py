@@ -91,11 +91,42 @@ def _benchmark_block(name: str) -> str:
     p = payload.get("provenance") or {}
     note = (
         f"From [{source.data}](../{source.data}), {p.get('date_utc', '?')}, commit "
-        f"`{(p.get('git_commit') or '?')[:10]}`: `{p.get('command', source.command)}`"
+        f"`{(p.get('git_commit') or '?')[:10]}`{tree_note(p)}{machine_note(p)}: "
+        f"`{p.get('command', source.command)}`"
     )
     if payload.get("partial"):
         note += " (**partial**: the run did not finish)"
     return f"{tables[name]}\n\n{note}\n"
+
+
+def tree_note(p: dict[str, Any]) -> str:
+    """The dirty flag: a figure from uncommitted code says so, with the changes' hash."""
+    if not p.get("git_dirty"):
+        return ""
+    digest = p.get("git_diff_sha256")
+    detail = f"diff sha256 `{digest[:12]}`" if digest else "changes not recorded"
+    return f" (**dirty tree**: {detail})"
+
+
+def machine_note(p: dict[str, Any]) -> str:
+    """Where it ran: the CPU, whether it has native bf16, and each side's reported dtype."""
+    machine = p.get("machine") or {}
+    parts = []
+    if machine.get("cpu_model"):
+        flags = machine.get("cpu_flags")
+        bf16 = ""
+        if flags is not None:
+            native = flags.get("avx512_bf16") or flags.get("amx_bf16")
+            bf16 = f", native bf16 {'yes' if native else 'no'}"
+        parts.append(f"{machine['cpu_model']}{bf16}")
+    dtypes = []
+    for kind, entries in (p.get("sides") or {}).items():
+        found = sorted({d for e in entries for d in (e.get("dtype") or {}).values()})
+        if found:
+            dtypes.append(f"{kind} {'/'.join(found)}")
+    if dtypes:
+        parts.append("dtype " + ", ".join(dtypes))
+    return f", on {'; '.join(parts)}" if parts else ""
 
 
 def _results_block(name: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from loadtest.harness.provenance import engine_report, record_side
 from server.config import default_cpu_threads_bind, omp_threads_bind_value
 from server.vllm_cli import COMMAND as VLLM_CLI_COMMAND
 
@@ -195,6 +196,8 @@ def _start_once(
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
                     server.started_in_s = time.monotonic() - started
+                    # What its engine runs, as it reports it (every result file says so).
+                    record_side(kind, engine_report(server.log()))
                     return server
             time.sleep(0.5)
         raise RuntimeError(f"{kind} not healthy in {timeout:g}s:\n{log_path.read_text()[-4000:]}")
