@@ -26,6 +26,7 @@ DOCS = ("docs/benchmarks.md", "docs/results.md", "docs/scaling.md")
 PROSE_DOCS = ("README.md", "docs/quiet_star.md", "docs/loadtest.md", "docs/architecture.md")
 BLOCK_RE = re.compile(r"(<!-- generated:(?P<name>[\w.+-]+) -->\n)(?P<body>.*?)(<!-- end -->)", re.S)
 RECORDS = "docs/results/records.jsonl"
+RESULTS_SUMMARY = "docs/results/summary.json"
 
 
 @dataclass(frozen=True)
@@ -142,10 +143,24 @@ def _results_block(name: str) -> str:
         return "_Re-measurement pending:_ `python -m loadtest.benchmarks.results_run`\n"
     summaries = summarize(read_records(path))
     if name == "results.table":
-        return markdown_table(summaries) + "\n"
+        return markdown_table(summaries) + "\n" + _results_note()
     if name == "results.ratios":
         return _ratios(summaries)
     raise KeyError(name)
+
+
+def _results_note() -> str:
+    """Where the replay ran, from its summary.json (runs from before provenance: nothing)."""
+    summary = REPO / RESULTS_SUMMARY
+    p = {}
+    if summary.is_file():
+        p = (json.loads(summary.read_text()).get("run") or {}).get("provenance") or {}
+    if not p:
+        return ""
+    return (
+        f"\nFrom [{RESULTS_SUMMARY}](../{RESULTS_SUMMARY}), {p.get('date_utc', '?')}, commit "
+        f"`{(p.get('git_commit') or '?')[:10]}`{tree_note(p)}{machine_note(p)}\n"
+    )
 
 
 def _ratios(summaries: list[Any]) -> str:

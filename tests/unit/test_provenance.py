@@ -173,3 +173,15 @@ def test_generated_note_prints_the_dirty_flag_cpu_and_dtypes() -> None:
     assert docs.tree_note({"git_dirty": True}) == " (**dirty tree**: changes not recorded)"
     assert docs.tree_note({"git_dirty": False}) == ""
     assert docs.machine_note({}) == ""
+
+
+def test_results_note_prints_the_replays_provenance(tmp_path: Path, monkeypatch) -> None:
+    """docs/results.md's table names where the replay ran once summary.json says it."""
+    monkeypatch.setattr(docs, "REPO", tmp_path)
+    assert docs._results_note() == ""  # no summary (or one from before provenance): no note
+    summary = tmp_path / docs.RESULTS_SUMMARY
+    summary.parent.mkdir(parents=True)
+    where = {"date_utc": "2026-12-04", "git_commit": "d" * 40, "git_dirty": True}
+    summary.write_text(json.dumps({"run": {"provenance": where}}))
+    note = docs._results_note()
+    assert "`dddddddddd` (**dirty tree**: changes not recorded)" in note
