@@ -142,3 +142,23 @@ def test_generated_note_marks_a_dirty_run(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(docs, "REPO", tmp_path)
     out = render("<!-- generated:rebase_hf -->\n<!-- end -->")
     assert "`bbbbbbbbbb` (**dirty tree**: diff sha256 `cccccccccccc`)" in out
+
+
+@pytest.mark.skipif(not _history_available(), reason="needs the full git history")
+def test_fused_variant_claim_matches_its_data() -> None:
+    """docs/quiet_star.md: the one committed run of the fused one-token variant was faster
+    against hf:crop at concurrency 8 than the first run of the kept code (t = 4 and 8)."""
+    from loadtest.benchmarks.quiet_star_bench import speed_cells
+
+    text = " ".join((REPO / "docs/quiet_star.md").read_text().split())
+    fused, kept = "02f2eca", "90d12ae"
+    assert f"`git show {fused}:docs/data/quiet_star_speed.json`" in text
+    assert f"`git show {kept}:docs/data/quiet_star_speed.json`" in text
+    assert "was faster against `hf:crop`" in text and "at concurrency 8" in text
+
+    def speed_up(rev: str, t: int) -> float:
+        show = _git("show", f"{rev}:docs/data/quiet_star_speed.json").stdout
+        cells = speed_cells(json.loads(show)["sessions"])
+        return cells["gateway:continuation", t, 8]["median"] / cells["hf:crop", t, 8]["median"]
+
+    assert all(speed_up(fused, t) > speed_up(kept, t) for t in (4, 8))
