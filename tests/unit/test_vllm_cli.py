@@ -124,3 +124,19 @@ def test_console_script_entry_point_is_registered() -> None:
     assert COMMAND in scripts, f"installed metadata lacks {COMMAND}: reinstall (`pip install -e .`)"
     assert scripts[COMMAND].value == "server.vllm_cli:main"
     assert scripts[COMMAND].load() is vllm_cli.main
+
+
+def test_docs_never_tell_users_to_run_plain_vllm() -> None:
+    """A command in the docs (a code span or a fenced line) that starts vLLM's CLI is spelled
+    `thinkscale-vllm`: plain `vllm` dies on the CPU build before parsing anything."""
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    bad = []
+    for path in docs:
+        text = path.read_text()
+        fences = re.findall(r"```[^\n]*\n(.*?)```", text, re.S)
+        commands = [line.strip() for block in fences for line in block.splitlines()]
+        commands += re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+        bad += [
+            f"{path.name}: {c[:60]}" for c in commands if re.match(r"vllm (bench )?serve\s+\S", c)
+        ]
+    assert not bad, f"use `{COMMAND}` in: {bad}"
