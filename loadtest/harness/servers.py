@@ -235,6 +235,10 @@ def start_vllm_serve(
         # REPLICA_FLAGS load the V1-interface processor; on GPU vLLM would start Model Runner
         # V2, which refuses it (the CPU backend runs V1 anyway). docs/scaling.md.
         "VLLM_USE_V2_MODEL_RUNNER": "0",
+        # The console script's own folder heads its sys.path, not the working directory: put
+        # this checkout first so the replica runs the code under test (our logits processor),
+        # not whatever copy the environment has installed.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     # The cores the gateway's own engine would use by default, so both sides of a comparison
     # run the model on the same cores (server/config.py, default_cpu_threads_bind).
