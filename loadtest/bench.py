@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from loadtest.data import Problem
+from server.vllm_cli import COMMAND as VLLM_CLI_COMMAND
 
 
 def bench_lines(
@@ -50,10 +51,11 @@ def write_bench_dataset(
 
 
 def bench_command(path: Path, url: str, count: int, method: str = "baseline") -> str:
-    """The `vllm bench serve` command line that replays the file against the gateway."""
+    """The `vllm bench serve` command line that replays the file against the gateway, spelled
+    with `thinkscale-vllm` (vLLM's CLI on either build: server/vllm_cli.py)."""
     extra = json.dumps({"method": method})
     return (
-        "vllm bench serve --backend openai "
+        f"{VLLM_CLI_COMMAND} bench serve --backend openai "
         f"--base-url {url} --endpoint /v1/completions "
         "--model MODEL_NAME --tokenizer TOKENIZER_PATH "
         f"--dataset-name custom --dataset-path {path} "

@@ -336,6 +336,7 @@ def _log(msg: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from loadtest.client import GatewayClient
+    from loadtest.harness.results import provenance
     from loadtest.records import append_record, write_records
     from loadtest.report import write_report
     from loadtest.runner import replay
@@ -398,6 +399,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         "chat": build.chat,
         "settings": {k: v for k, v in vars(settings).items() if k != "save_text"},
         "configs": [vars(c) for c in configs],
+        # Where the replay ran and on what tree (the server's side too when this process
+        # started it: loadtest.benchmarks.results_run); the output folder is not a change.
+        "provenance": provenance(exclude=(out,)),
     }
     text = write_report(
         records,

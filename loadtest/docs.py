@@ -21,8 +21,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = ("docs/benchmarks.md", "docs/results.md", "docs/scaling.md")
+# Prose docs: no tables of their own today, but a measured figure in them must come from a
+# generated block too (tests/unit/test_docs_generated.py checks both lists).
+PROSE_DOCS = ("README.md", "docs/quiet_star.md", "docs/loadtest.md", "docs/architecture.md")
 BLOCK_RE = re.compile(r"(<!-- generated:(?P<name>[\w.+-]+) -->\n)(?P<body>.*?)(<!-- end -->)", re.S)
 RECORDS = "docs/results/records.jsonl"
+RESULTS_SUMMARY = "docs/results/summary.json"
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,42 @@ def _benchmark_block(name: str) -> str:
     p = payload.get("provenance") or {}
     note = (
         f"From [{source.data}](../{source.data}), {p.get('date_utc', '?')}, commit "
-        f"`{(p.get('git_commit') or '?')[:10]}`: `{p.get('command', source.command)}`"
+        f"`{(p.get('git_commit') or '?')[:10]}`{tree_note(p)}{machine_note(p)}: "
+        f"`{p.get('command', source.command)}`"
     )
     if payload.get("partial"):
         note += " (**partial**: the run did not finish)"
     return f"{tables[name]}\n\n{note}\n"
+
+
+def tree_note(p: dict[str, Any]) -> str:
+    """The dirty flag: a figure from uncommitted code says so, with the changes' hash."""
+    if not p.get("git_dirty"):
+        return ""
+    digest = p.get("git_diff_sha256")
+    detail = f"diff sha256 `{digest[:12]}`" if digest else "changes not recorded"
+    return f" (**dirty tree**: {detail})"
+
+
+def machine_note(p: dict[str, Any]) -> str:
+    """Where it ran: the CPU, whether it has native bf16, and each side's reported dtype."""
+    machine = p.get("machine") or {}
+    parts = []
+    if machine.get("cpu_model"):
+        flags = machine.get("cpu_flags")
+        bf16 = ""
+        if flags is not None:
+            native = flags.get("avx512_bf16") or flags.get("amx_bf16")
+            bf16 = f", native bf16 {'yes' if native else 'no'}"
+        parts.append(f"{machine['cpu_model']}{bf16}")
+    dtypes = []
+    for kind, entries in (p.get("sides") or {}).items():
+        found = sorted({d for e in entries for d in (e.get("dtype") or {}).values()})
+        if found:
+            dtypes.append(f"{kind} {'/'.join(found)}")
+    if dtypes:
+        parts.append("dtype " + ", ".join(dtypes))
+    return f", on {'; '.join(parts)}" if parts else ""
 
 
 def _results_block(name: str) -> str:
@@ -108,10 +143,24 @@ def _results_block(name: str) -> str:
         return "_Re-measurement pending:_ `python -m loadtest.benchmarks.results_run`\n"
     summaries = summarize(read_records(path))
     if name == "results.table":
-        return markdown_table(summaries) + "\n"
+        return markdown_table(summaries) + "\n" + _results_note()
     if name == "results.ratios":
         return _ratios(summaries)
     raise KeyError(name)
+
+
+def _results_note() -> str:
+    """Where the replay ran, from its summary.json (runs from before provenance: nothing)."""
+    summary = REPO / RESULTS_SUMMARY
+    p = {}
+    if summary.is_file():
+        p = (json.loads(summary.read_text()).get("run") or {}).get("provenance") or {}
+    if not p:
+        return ""
+    return (
+        f"\nFrom [{RESULTS_SUMMARY}](../{RESULTS_SUMMARY}), {p.get('date_utc', '?')}, commit "
+        f"`{(p.get('git_commit') or '?')[:10]}`{tree_note(p)}{machine_note(p)}\n"
+    )
 
 
 def _ratios(summaries: list[Any]) -> str:
@@ -165,7 +214,7 @@ def render(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest docs", description=__doc__.split("\n")[0])
     p.add_argument("--check", action="store_true", help="fail if a doc is not up to date")
-    p.add_argument("files", nargs="*", default=list(DOCS))
+    p.add_argument("files", nargs="*", default=[*DOCS, *PROSE_DOCS])
     args = p.parse_args(argv)
     stale = []
     for name in args.files:

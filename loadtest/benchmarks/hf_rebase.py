@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from loadtest.benchmarks.rebase_bench import TreeSettings
 from loadtest.data import Problem
 from loadtest.harness import cli
+from loadtest.harness.provenance import record_hf_side
 from loadtest.harness.results import write_result
 from loadtest.harness.servers import EngineSettings
 from server.answers import extract_answer
@@ -65,6 +66,7 @@ class HFRebase:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         self.model.eval()
+        record_hf_side(self.model, torch.get_num_threads())
         self.settings = settings
         self.params = RebaseParams(
             width=settings.width,

@@ -40,6 +40,7 @@ from transformers import AutoTokenizer
 from kernels.quiet_star.scheduler import MIN_FUSED_TOKENS
 from loadtest.harness import cli
 from loadtest.harness.driver import run_bodies
+from loadtest.harness.provenance import adopt_sides, record_hf_side
 from loadtest.harness.results import spread
 from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import REPO, metric_total, scrape_metrics, start_gateway
@@ -250,6 +251,7 @@ def speed(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
                 ]  # fmt: skip
                 subprocess.run(cmd, cwd=REPO, check=True)
                 hf = json.loads(path.read_text())
+                adopt_sides(hf)
                 rows.append({"t": t, "concurrency": c, "tokens_per_s": 1 / hf["seconds_per_token"]})
         return {"side": side, "round": rnd, "rows": rows}
 
@@ -386,6 +388,7 @@ class _Scorer:
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        record_hf_side(self.model, torch.get_num_threads(), kind="hf-scorer")
 
     def ids(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))

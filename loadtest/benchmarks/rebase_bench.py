@@ -44,6 +44,7 @@ from loadtest.client import CallResult
 from loadtest.data import Problem
 from loadtest.harness import cli
 from loadtest.harness.driver import run_bodies
+from loadtest.harness.provenance import adopt_sides
 from loadtest.harness.results import by_side, spread
 from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import REPO, metric_total, scrape_metrics, start_gateway
@@ -283,7 +284,9 @@ def hf(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
                 *(["--data", args.data] if args.data else []),
             ]  # fmt: skip
             subprocess.run(cmd, cwd=REPO, check=True)
-            hf_trees = json.loads(out.read_text())["trees"]
+            hf_result = json.loads(out.read_text())
+            adopt_sides(hf_result)
+            hf_trees = hf_result["trees"]
             tokens = sum(t["generated_tokens"] for t in hf_trees)
             seconds = sum(t["seconds"] for t in hf_trees)
         return {

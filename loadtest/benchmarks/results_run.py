@@ -16,6 +16,7 @@ from pathlib import Path
 
 from loadtest.cli import main as loadtest_main
 from loadtest.harness.lock import LockHeld, measurement_lock
+from loadtest.harness.provenance import pin_source
 from loadtest.harness.servers import EngineSettings, exit_on_sigterm, start_gateway
 
 
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("extra", nargs="*", help="more `loadtest run` arguments (after --)")
     args = p.parse_args(argv)
     exit_on_sigterm()
+    pin_source(args.out)  # the tree as the run starts; its own output is not a change
     try:
         with measurement_lock("results_run", wait=args.wait_lock):
             log = args.out / "gateway.log"

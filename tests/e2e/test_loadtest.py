@@ -57,6 +57,9 @@ def check_bookkeeping(out: Path, configs: dict[str, int]) -> list:
         assert r.ttft is None or 0 < r.ttft <= r.latency  # None: no visible text at all
         assert r.end_time >= r.start_time
     summary = json.loads((out / "summary.json").read_text())
+    where = summary["run"]["provenance"]  # where the replay ran and on what tree
+    assert len(where["git_commit"]) == 40 and isinstance(where["git_dirty"], bool)
+    assert "cpu_flags" in where["machine"] and where["command"].startswith("python -m loadtest")
     for c in summary["configs"]:
         assert c["problems"] == sum(r.config == c["config"] for r in records)
         assert 0.0 <= c["accuracy"] <= 1.0

