@@ -100,9 +100,9 @@ def _get(config: Mapping[str, Any] | Any, key: str, default: int | None = None) 
     value = (
         config.get(key, default) if isinstance(config, Mapping) else getattr(config, key, default)
     )
-    if value is None or isinstance(value, bool) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"Quiet-STaR checkpoint: {key}={value!r} is not an integer")
-    return int(value)
+    return value
 
 
 def hf_overrides(

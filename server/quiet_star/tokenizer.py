@@ -68,14 +68,27 @@ def resolve_tokenizer(
     base = _load(tokenizer, trust_remote_code)
     if all(base.convert_tokens_to_ids(token) == i for token, i in added.items()):
         return tokenizer  # already has them where the model expects them
-    return str(merged_tokenizer(tokenizer, added, cache_dir, trust_remote_code=trust_remote_code))
+    config = model_file(model, "config.json")
+    model_config = config.read_text() if config is not None else None
+    return str(
+        merged_tokenizer(
+            tokenizer, added, cache_dir, model_config, trust_remote_code=trust_remote_code
+        )
+    )
 
 
 def merged_tokenizer(
-    tokenizer: str, added: dict[str, int], cache_dir: Path, *, trust_remote_code: bool = False
+    tokenizer: str,
+    added: dict[str, int],
+    cache_dir: Path,
+    model_config: str | None = None,
+    *,
+    trust_remote_code: bool = False,
 ) -> Path:
-    """The folder of `tokenizer` plus `added` (token -> id), built once per distinct input."""
-    target = cache_dir / "tokenizers" / f"merged-{_key(tokenizer, added)}"
+    """The folder of `tokenizer` plus `added` (token -> id), built once per distinct input.
+    `model_config` (the served model's config.json) is stored with it: vLLM reads a config
+    from the tokenizer folder too, and retries with a pause and an error line without one."""
+    target = cache_dir / "tokenizers" / f"merged-{_key(tokenizer, added, model_config)}"
     if (target / DONE_MARKER).is_file():
         logger.info("tokenizer: %s + %s (cached at %s)", tokenizer, _describe(added), target)
         return target
@@ -84,6 +97,8 @@ def merged_tokenizer(
     staging = Path(tempfile.mkdtemp(prefix=".merging-", dir=target.parent))
     try:
         merged.save_pretrained(staging)
+        if model_config is not None:
+            (staging / "config.json").write_text(model_config)
         (staging / DONE_MARKER).write_text(json.dumps({"tokenizer": tokenizer, "added": added}))
         try:
             os.replace(staging, target)
@@ -149,13 +164,14 @@ def _describe(added: dict[str, int]) -> str:
     return ", ".join(f"{token}={i}" for token, i in sorted(added.items(), key=lambda x: x[1]))
 
 
-def _key(tokenizer: str, added: dict[str, int]) -> str:
-    """A hash of everything the merge depends on: the tokenizer (for a folder, its files'
-    contents), the added tokens and the transformers version that writes the folder."""
+def _key(tokenizer: str, added: dict[str, int], model_config: str | None) -> str:
+    """A hash of everything the merged folder depends on: the tokenizer (for a folder, its
+    files' contents), the added tokens, the model's config and the transformers version."""
     import transformers
 
     digest = hashlib.sha256()
-    digest.update(json.dumps([tokenizer, sorted(added.items()), transformers.__version__]).encode())
+    inputs = [tokenizer, sorted(added.items()), model_config, transformers.__version__]
+    digest.update(json.dumps(inputs).encode())
     folder = Path(tokenizer)
     if folder.is_dir():  # the tokenizer files; a model folder's weights by size and time only
         for file in sorted(p for p in folder.iterdir() if p.is_file()):
