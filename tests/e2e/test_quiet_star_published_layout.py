@@ -35,7 +35,8 @@ pytestmark = pytest.mark.e2e
 PROMPT = "Q: Weng earns 12 an hour for babysitting. How much for 50 minutes?\nA:"
 TOP = 20  # logprobs per talk token (the gateway allows up to 100)
 # Served vs reference (float64) talk-token probabilities: float32 as the format test; bf16
-# rounds every activation to 8 bits of mantissa, so only a coarse bound holds there.
+# rounds every activation to 8 bits of mantissa, so only a coarse bound holds there (measured
+# on this fixture: 3e-6 in float32, 5e-3 in bf16; a fixed w = 0.1 differs by 0.06 or more).
 TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
 # A greedy token is compared in bf16 only where the reference's top two logits differ by more
 # than bf16 rounding can move them.
@@ -133,19 +134,24 @@ def test_talk_distribution_matches_the_reference(served, qs, reference, unique_t
     tops = body["choices"][0]["logprobs"]["top_logprobs"]
     context = reference.tokenizer.encode(PROMPT)  # with BOS, as the reference eval tokenizes
     assert context[0] == 1
-    worst = 0.0
+    worst, head_matters = 0.0, []
     for step, top in zip(detail["step_token_ids"], tops, strict=True):
         logits, w = reference.talk_logits(context, step[1:-2])
         expected = (logits / temperature).softmax(-1)
+        fixed = (reference.talk_logits(context, step[1:-2], w=0.1)[0] / temperature).softmax(-1)
         matched = [(unique_texts[t], lp) for t, lp in top.items() if t in unique_texts]
         assert len(matched) >= TOP // 2, top  # most of the top tokens are identifiable
-        for token_id, logprob in matched:
-            worst = max(worst, abs(float(torch.tensor(logprob).exp()) - float(expected[token_id])))
+        served_p = torch.tensor([lp for _, lp in matched], dtype=torch.float64).exp()
+        ids = [i for i, _ in matched]
+        worst = max(worst, float((served_p - expected[ids]).abs().max()))
+        if abs(w - 0.1) > 0.05:  # sensitivity: a fixed w would be visibly different
+            head_matters.append(float((served_p - fixed[ids]).abs().max()))
         # the served top tokens are the reference's most likely ones
         top_ids = set(expected.topk(TOP + 10).indices.tolist())
         assert {i for i, _ in matched} <= top_ids, (w, step)
         context.append(step[-1])
     assert worst <= TOLERANCE[dtype], worst
+    assert head_matters and min(head_matters) > 2 * TOLERANCE[dtype], head_matters
 
 
 def test_greedy_tokens_match_the_reference_over_16_steps(served, qs, reference) -> None:

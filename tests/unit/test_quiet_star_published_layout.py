@@ -188,3 +188,13 @@ def test_a_config_without_a_valid_thought_length_is_refused(keys, message) -> No
         resolve_checkpoint(config, FakeTokenizer(GOOD, 32000, [11940]), "eval")
     with pytest.raises(ValueError, match=message):
         checkpoint.hf_overrides(config, "eval")
+
+
+def test_the_resolved_values_are_logged_once(published, mistral, tmp_path, caplog) -> None:
+    settings = Settings(model=str(published), tokenizer=str(mistral), cache_dir=tmp_path / "c")
+    with caplog.at_level("INFO", logger="server.quiet_star.checkpoint_setup"):
+        model_setup(settings, str(published))
+        model_setup(settings, str(published))  # before and while the engine starts
+    lines = [r.getMessage() for r in caplog.records if "Quiet-STaR checkpoint" in r.getMessage()]
+    assert len(lines) == 1
+    assert '"thought_tokens": 5' in lines[0] and '"init_token_id": 11940' in lines[0]
