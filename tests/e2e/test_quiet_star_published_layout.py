@@ -27,6 +27,7 @@ from tests.quiet_star_checkpoint import (
     START,
     build_mistral_tokenizer,
     build_published_checkpoint,
+    build_quiet_star_checkpoint,
 )
 from tests.quiet_star_reference import ReferenceQuietStar
 
@@ -177,11 +178,13 @@ def test_greedy_tokens_match_the_reference_over_16_steps(served, qs, reference) 
 # -- refused starts ----------------------------------------------------------------------------
 
 
-def test_a_start_without_tokenizer_is_refused(layout, tmp_path) -> None:
-    model_dir, _ = layout
+def refused_start(model_dir: Path, cache_dir: Path, *args: str) -> str:
+    """Run the gateway as an operator would; it must exit with code 2 before any engine starts.
+    Its stderr."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "server", "--model", str(model_dir)]
     done = subprocess.run(
-        [sys.executable, "-m", "server", "--model", str(model_dir), "--cache-dir", str(tmp_path)],
+        [*command, "--cache-dir", str(cache_dir), *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -189,5 +192,20 @@ def test_a_start_without_tokenizer_is_refused(layout, tmp_path) -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "added_tokens.json" in done.stderr and "--tokenizer" in done.stderr, done.stderr
+    assert "starting vLLM engine" not in done.stderr
+    return done.stderr
+
+
+def test_a_start_without_tokenizer_is_refused(layout, tmp_path) -> None:
+    model_dir, _ = layout
+    stderr = refused_start(model_dir, tmp_path)
+    assert "thinkscale: " in stderr and "ships added_tokens.json" in stderr, stderr
+    assert "--tokenizer" in stderr, stderr
     assert not list(tmp_path.iterdir())  # nothing merged
+
+
+def test_a_tokenizer_whose_ids_do_not_line_up_is_refused(layout, tmp_path) -> None:
+    model_dir, _ = layout
+    tiny = build_quiet_star_checkpoint(tmp_path / "tiny")  # its thought tokens are 90 and 91
+    stderr = refused_start(model_dir, tmp_path / "cache", "--tokenizer", str(tiny))
+    assert f"{START} at id 90, but the model expects it at 32000" in stderr, stderr
