@@ -28,6 +28,7 @@ from server.engines import start_policy_engine
 from server.health import engines_of
 from server.lifecycle import AdmissionGate, Lifecycle
 from server.methods import method_names
+from server.quiet_star.checkpoint_setup import model_setup
 from server.rewards.vllm_prm import VllmProcessRewardModel, prm_config_from_settings
 from server.warmup import WarmupFailed, engine_exit_report, failure_message, warm_up
 
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = resolve_hardware_defaults(settings or Settings())
+    if settings.model:  # refuse a model that cannot be served faithfully before starting
+        model_setup(settings, settings.model)
     lifecycle = Lifecycle(settings.shutdown_grace_s)
 
     @asynccontextmanager

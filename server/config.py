@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         description="Hugging Face id or local folder; unset = the embedded SmolLM2-135M-Instruct.",
     )
     served_model_name: str | None = Field(None, description="Name clients use; default: model's.")
+    tokenizer: str | None = Field(
+        None,
+        description="Tokenizer (Hugging Face id or folder) for the engine and the gateway; "
+        "default: the model's. A model that ships only added_tokens.json (the Quiet-STaR "
+        "checkpoint) needs it: its added tokens are merged onto this tokenizer once, in the cache.",
+    )
     cache_dir: Path = Field(DEFAULT_CACHE_DIR, description="Where the embedded model is converted.")
     trust_remote_code: bool = False
 

@@ -21,11 +21,11 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
 from kernels.quiet_star import PROCESSOR_V2_FQCN as QUIET_STAR_PROCESSOR_V2
-from kernels.quiet_star import checkpoint as quiet_star_checkpoint
 from kernels.quiet_star.plugin import register as register_quiet_star_model
 from kernels.quiet_star.scheduler import SCHEDULER_FQCN as QUIET_STAR_SCHEDULER
 from server.config import Settings, omp_threads_bind_value
 from server.flops import FlopsModel
+from server.quiet_star.checkpoint_setup import model_setup
 from server.tracing import engine_request_id
 from server.usage import Component, UsageMeter
 
@@ -56,6 +56,7 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
     continuation = settings.quiet_star_engine == "continuation"
     return AsyncEngineArgs(
         model=model_path,
+        tokenizer=model_setup(settings, model_path).tokenizer,
         hf_overrides=quiet_star_overrides(settings, model_path) or {},
         logprobs_mode=settings.logprobs_mode,
         served_model_name=[served_name(settings, model_path)],
@@ -95,20 +96,12 @@ def quiet_star_processor(settings: Settings) -> str:
 def quiet_star_overrides(settings: Settings, model_path: str) -> dict | None:
     """A Quiet-STaR checkpoint says `MistralForCausalLM`; serve it with our architecture,
     which loads its mixing head and thought embeddings (docs/quiet_star.md). Recognised by
-    the Quiet-STaR keys of its config.json; other models are served as they are."""
-    from transformers import PretrainedConfig
-
-    try:
-        config, _ = PretrainedConfig.get_config_dict(
-            model_path, trust_remote_code=settings.trust_remote_code
-        )
-    except OSError:
-        return None  # not a Hugging Face model folder/id: vLLM reports it properly
-    if not quiet_star_checkpoint.is_quiet_star_config(config):
-        return None
-    register_quiet_star_model()  # here; engine processes: kernels/quiet_star/plugin.py
-    logger.info("serving a Quiet-STaR checkpoint with its mixing head (%s)", model_path)
-    return quiet_star_checkpoint.hf_overrides(config, settings.quiet_star_thought_embeddings)
+    the Quiet-STaR keys of its config.json, and checked against the served tokenizer
+    (server/quiet_star/checkpoint_setup.py); other models are served as they are."""
+    overrides = model_setup(settings, model_path).hf_overrides
+    if overrides is not None:
+        register_quiet_star_model()  # here; engine processes: kernels/quiet_star/plugin.py
+    return overrides
 
 
 def served_name(settings: Settings, model_path: str) -> str:

@@ -7,6 +7,12 @@ reference's biases), sharded safetensors with an index, and a Llama-style tokeni
 BOS added) with `<|startthought|>` / `<|endthought|>` appended as added special tokens, so
 the base tokenizer's `vocab_size` is 2 less than the model's, as in the real one (32000/32002).
 The vocabulary is kept under 100 so a test can ask for every token's logprob.
+
+`build_published_checkpoint` reproduces the layout of the *published* repository instead: bf16
+shards with an index, a 32002-token vocabulary, and of the tokenizer files only
+`added_tokens.json`; `build_mistral_tokenizer` builds the base tokenizer it is served with from
+Mistral's own SentencePiece model (shipped in the `mistral_common` package), so "---" is one
+token (`▁---`, 11940) as on `mistralai/Mistral-7B-v0.1`.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ _CORPUS = [
     "A: Let's think step by step. 12 / 60 = 0.2 per minute; 0.2 * 50 = 10. The answer is 10.",
     "Therefore, the answer (arabic numerals) is 42. --- a b c d e f g h i j k l m n o p q r",
     "s t u v w x y z 0 1 2 3 4 5 6 7 8 9 + - * / = ( ) , . ? ! ; :",
+    # "---" must be one token (the reference embeds both thought tokens as its first token,
+    # and the gateway refuses a tokenizer where it is not one token of the base vocabulary).
+    "--- --- --- --- ---",
 ]
 
 QUIET_STAR_KEYS = {
@@ -100,17 +109,15 @@ def _weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
     return w
 
 
-def build_quiet_star_checkpoint(directory: Path, *, seed: int = 0) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    config = {
+def _config(vocab_size: int, bos: int, eos: int, dtype: str) -> dict:
+    return {
         "architectures": ["MistralForCausalLM"],
         "model_type": "mistral",
-        "vocab_size": len(tokenizer),
+        "vocab_size": vocab_size,
         "hidden_size": 128,
         "intermediate_size": 256,
         "num_hidden_layers": 2,
-        "num_attention_heads": 2,
+        "num_attention_heads": 2,  # head_dim 64: vLLM's CPU attention needs >= 32
         "num_key_value_heads": 1,
         "hidden_act": "silu",
         "max_position_embeddings": 32768,
@@ -118,24 +125,25 @@ def build_quiet_star_checkpoint(directory: Path, *, seed: int = 0) -> Path:
         "rope_theta": 10000.0,
         "sliding_window": 4096,
         "tie_word_embeddings": False,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "torch_dtype": "float32",
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "torch_dtype": dtype,
         "transformers_version": "4.37.0.dev0",
         **QUIET_STAR_KEYS,
     }
-    weights = _weights(config, seed)
-    # Two shards and an index, like the released checkpoint (which has three).
+
+
+def _write_model(directory: Path, config: dict, weights: dict, shards: int) -> None:
+    """Safetensors shards (names spread round-robin), their index, config and generation config."""
     names = sorted(weights)
-    shards = {
-        "model-00001-of-00002.safetensors": names[::2],
-        "model-00002-of-00002.safetensors": names[1::2],
+    files = {
+        f"model-{i + 1:05d}-of-{shards:05d}.safetensors": names[i::shards] for i in range(shards)
     }
     index = {
-        "metadata": {"total_size": sum(t.numel() * 4 for t in weights.values())},
+        "metadata": {"total_size": sum(t.numel() * t.element_size() for t in weights.values())},
         "weight_map": {},
     }
-    for file, keys in shards.items():
+    for file, keys in files.items():
         save_file(
             {k: weights[k].contiguous() for k in keys}, directory / file, metadata={"format": "pt"}
         )
@@ -145,7 +153,69 @@ def build_quiet_star_checkpoint(directory: Path, *, seed: int = 0) -> Path:
     (directory / "generation_config.json").write_text(
         json.dumps({"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]})
     )
+
+
+def build_quiet_star_checkpoint(directory: Path, *, seed: int = 0) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    config = _config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, "float32")
+    # Two shards and an index, like the released checkpoint (which has three).
+    _write_model(directory, config, _weights(config, seed), shards=2)
     tokenizer.save_pretrained(directory)
+    return directory
+
+
+MISTRAL_VOCAB = 32000  # Mistral-7B-v0.1's SentencePiece vocabulary
+MISTRAL_DASHES_ID = 11940  # "▁---", the token the reference's thought embeddings start from
+
+
+def mistral_sentencepiece_model() -> Path:
+    """Mistral's 32000-token SentencePiece model, as shipped inside `mistral_common`."""
+    from importlib.resources import files
+
+    return Path(str(files("mistral_common") / "data" / "tokenizer.model.v1"))
+
+
+def build_mistral_tokenizer(directory: Path) -> Path:
+    """A Hugging Face tokenizer folder for Mistral's SentencePiece model (Llama class, BOS added,
+    as `mistralai/Mistral-7B-v0.1` declares): the `--tokenizer` of the published layout."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(mistral_sentencepiece_model(), directory / "tokenizer.model")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "legacy": True,
+                "model_max_length": 1000000000000000019884624838656,
+            }
+        )
+    )
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    assert len(tokenizer) == MISTRAL_VOCAB
+    assert tokenizer.encode("---", add_special_tokens=False) == [MISTRAL_DASHES_ID]
+    tokenizer.save_pretrained(directory)  # tokenizer.json too, like the hub repository
+    return directory
+
+
+def build_published_checkpoint(directory: Path, *, seed: int = 0) -> Path:
+    """`ezelikman/quietstar-8-ahead`'s layout with tiny random weights: three bf16 shards and an
+    index, `vocab_size` 32002, `max_thoughts` 10, and `added_tokens.json` as its only tokenizer
+    file (59 bytes, the two thought tokens at 32000 and 32001)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = _config(MISTRAL_VOCAB + 2, 1, 2, "bfloat16")
+    weights = {k: v.to(torch.bfloat16) for k, v in _weights(config, seed).items()}
+    _write_model(directory, config, weights, shards=3)
+    added = {END: MISTRAL_VOCAB + 1, START: MISTRAL_VOCAB}
+    (directory / "added_tokens.json").write_text(json.dumps(added, indent=2) + "\n")
     return directory
 
 

@@ -21,14 +21,18 @@ from safetensors.torch import load_file
 
 
 class ReferenceQuietStar:
-    def __init__(self, directory: Path, *, thought_embeddings: str = "eval") -> None:
+    def __init__(
+        self, directory: Path, *, thought_embeddings: str = "eval", tokenizer=None
+    ) -> None:
+        """`tokenizer`: the checkpoint's own (its folder) unless given, e.g. the base tokenizer
+        with the thought tokens added, as the eval script builds it for the published layout."""
         from transformers import AutoTokenizer
 
         self.config = json.loads((directory / "config.json").read_text())
         self.w: dict[str, torch.Tensor] = {}
         for file in sorted(directory.glob("*.safetensors")):
             self.w.update({k: v.double() for k, v in load_file(file).items()})
-        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(directory)
         self.start_id = self.tokenizer.convert_tokens_to_ids("<|startthought|>")
         self.end_id = self.tokenizer.convert_tokens_to_ids("<|endthought|>")
         embed = self.w["model.embed_tokens.weight"]

@@ -40,6 +40,9 @@ INIT_TOKEN_TEXT = "---"  # `initial_start_token` / `initial_end_token` in the re
 
 # Config keys we add through hf_overrides (prefixed so they never clash with the reference's).
 KEY_THOUGHT_EMBEDDINGS = "quiet_star_thought_embeddings"
+# The id of INIT_TOKEN_TEXT, resolved and checked by the gateway before the engine starts, so
+# the model and the gateway use the one id that was checked.
+KEY_INIT_TOKEN_ID = "quiet_star_init_token_id"
 
 
 def is_quiet_star_config(config: Mapping[str, Any]) -> bool:
@@ -61,19 +64,56 @@ def n_ahead(config: Mapping[str, Any] | Any) -> int:
     """Forward passes per position at inference. The eval script loads the model with
     `max_thoughts = n_ahead + n_ahead_talk + 1` and `n_ahead_talk = 1`, so the saved
     `max_thoughts` (10 for quietstar-8-ahead) gives back n_ahead (8)."""
-    value = config.get("max_thoughts") if isinstance(config, Mapping) else config.max_thoughts
-    return int(value) - 2
+    return _get(config, "max_thoughts") - 2
 
 
 def sampled_thought_tokens(config: Mapping[str, Any] | Any) -> int:
     """Tokens sampled inside one thought: n_ahead passes = text, <start>, t sampled, <end>
-    (the end token is forced at pass n_ahead - 2), so t = n_ahead - 3 (5 for 8-ahead)."""
-    return max(n_ahead(config) - 3, 0)
+    (the end token is forced at pass n_ahead - 2), so t = n_ahead - 3 (5 for 8-ahead).
+    Raises ValueError when the config gives no valid thought length: serving it with some
+    other length would not be the checkpoint's model."""
+    talk = _get(config, "n_ahead_talk", 1)
+    if talk != 1:
+        raise ValueError(
+            f"Quiet-STaR checkpoint with n_ahead_talk={talk}: only n_ahead_talk = 1 (what the "
+            "released evaluation uses) is implemented"
+        )
+    thoughts = _get(config, "max_thoughts")
+    ahead = n_ahead(config)
+    saved_ahead = _get(config, "n_ahead", ahead)
+    if saved_ahead != ahead:
+        raise ValueError(
+            f"Quiet-STaR checkpoint: max_thoughts={thoughts} gives n_ahead={ahead} "
+            f"(max_thoughts - 2 with n_ahead_talk = 1), but its config says n_ahead={saved_ahead}"
+        )
+    if ahead - 3 < 1:
+        raise ValueError(
+            f"Quiet-STaR checkpoint: max_thoughts={thoughts} gives n_ahead={ahead}, i.e. "
+            f"{ahead - 3} sampled thought tokens (<start> + t + <end> in n_ahead passes); "
+            "a thought needs t >= 1, so max_thoughts >= 6"
+        )
+    return ahead - 3
 
 
-def hf_overrides(config: Mapping[str, Any], thought_embeddings: str) -> dict[str, Any]:
+def _get(config: Mapping[str, Any] | Any, key: str, default: int | None = None) -> int:
+    """An integer config value from a config dict or a Hugging Face config object."""
+    value = (
+        config.get(key, default) if isinstance(config, Mapping) else getattr(config, key, default)
+    )
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"Quiet-STaR checkpoint: {key}={value!r} is not an integer")
+    return value
+
+
+def hf_overrides(
+    config: Mapping[str, Any], thought_embeddings: str, init_token_id: int | None = None
+) -> dict[str, Any]:
     """What to pass as vLLM's `hf_overrides` so it serves the checkpoint with our model."""
     check_supported(config)
+    sampled_thought_tokens(config)  # refuses a config without a valid thought length
     if thought_embeddings not in THOUGHT_EMBEDDINGS:
         raise ValueError(f"thought_embeddings must be one of {THOUGHT_EMBEDDINGS}")
-    return {"architectures": [ARCHITECTURE], KEY_THOUGHT_EMBEDDINGS: thought_embeddings}
+    overrides = {"architectures": [ARCHITECTURE], KEY_THOUGHT_EMBEDDINGS: thought_embeddings}
+    if init_token_id is not None:
+        overrides[KEY_INIT_TOKEN_ID] = init_token_id
+    return overrides

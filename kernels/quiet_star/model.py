@@ -32,6 +32,7 @@ from kernels.quiet_star.checkpoint import (
     EMBEDDING_SCALE,
     END_TOKEN,
     INIT_TOKEN_TEXT,
+    KEY_INIT_TOKEN_ID,
     KEY_THOUGHT_EMBEDDINGS,
     START_TOKEN,
 )
@@ -45,6 +46,9 @@ class QuietStarMistralForCausalLM(MistralForCausalLM):
         config = vllm_config.model_config.hf_config
         size = config.hidden_size
         self.thought_embeddings = getattr(config, KEY_THOUGHT_EMBEDDINGS, "eval")
+        # Set by the gateway, which checked it (server/quiet_star/checkpoint_setup.py); a bare
+        # `vllm serve` replica encodes "---" itself, as the reference does.
+        self.init_token_id = getattr(config, KEY_INIT_TOKEN_ID, None)
         # Names and shapes exactly as in the checkpoint (top level of the causal-LM module).
         self.start_embedding = nn.Parameter(torch.zeros(2, size), requires_grad=False)
         self.end_embedding = nn.Parameter(torch.zeros(2, size), requires_grad=False)
@@ -102,9 +106,16 @@ class QuietStarMistralForCausalLM(MistralForCausalLM):
     def _patch_thought_rows(self, embed: torch.Tensor, thought: dict[str, torch.Tensor]):
         tokenizer = cached_tokenizer_from_config(self._model_config)
         vocab = tokenizer.get_vocab()
+        if START_TOKEN not in vocab or END_TOKEN not in vocab:
+            raise ValueError(
+                f"the served tokenizer has no {START_TOKEN} / {END_TOKEN}: serve the "
+                "checkpoint with the tokenizer it was trained with (--tokenizer)"
+            )
         start_id, end_id = vocab[START_TOKEN], vocab[END_TOKEN]
         if self.thought_embeddings == "eval":
-            init_id = tokenizer.encode(INIT_TOKEN_TEXT, add_special_tokens=False)[0]
+            init_id = self.init_token_id
+            if init_id is None:
+                init_id = tokenizer.encode(INIT_TOKEN_TEXT, add_special_tokens=False)[0]
             start = end = embed[init_id]
         elif self.thought_embeddings == "trained":
             start = thought["start_embedding"][0] * EMBEDDING_SCALE

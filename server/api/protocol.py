@@ -215,6 +215,9 @@ class ModelCard(BaseModel):
     root: str | None = None
     max_model_len: int | None = None
     methods: list[str] = Field(default_factory=list)
+    # A Quiet-STaR checkpoint's resolved values (thought length, delimiter ids, the "---" id of
+    # its thought embeddings, mixing-weight source); absent for other models.
+    quiet_star: dict[str, Any] | None = None
 
 
 class ModelList(BaseModel):

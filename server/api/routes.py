@@ -17,6 +17,7 @@ from server.api.serving import CompletionService
 from server.errors import APIError
 from server.health import health_report
 from server.methods import method_names
+from server.quiet_star.served_model import quiet_star_card
 
 router = APIRouter()
 
@@ -38,7 +39,7 @@ async def create_completion(
     return await service.handle(body, request)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model_exclude_none=True)
 async def list_models(service: ServiceDep) -> ModelList:
     engine = service.engine
     card = ModelCard(
@@ -46,6 +47,7 @@ async def list_models(service: ServiceDep) -> ModelList:
         root=engine.model_path,
         max_model_len=engine.max_model_len,
         methods=method_names(),
+        quiet_star=quiet_star_card(engine),
     )
     return ModelList(data=[card])
 

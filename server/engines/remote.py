@@ -209,7 +209,10 @@ class RemoteEngine:
         hf_config = _load_hf_config(settings, model_path)
         from vllm.tokenizers import get_tokenizer
 
-        tokenizer = get_tokenizer(model_path, trust_remote_code=settings.trust_remote_code)
+        from server.quiet_star.checkpoint_setup import model_setup
+
+        source = model_setup(settings, model_path).tokenizer or model_path
+        tokenizer = get_tokenizer(source, trust_remote_code=settings.trust_remote_code)
         max_len = int(card.get("max_model_len") or settings.max_model_len or 0)
         if max_len <= 0:
             raise RuntimeError(f"{url}/v1/models does not say max_model_len; set --max-model-len")

@@ -11,8 +11,10 @@ Other models get the previous generic behaviour.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from kernels.quiet_star import checkpoint
+from server.quiet_star.delimiters import resolve_delimiters
 
 DEFAULT_THOUGHT_TOKENS = 8  # for models that were never trained to think
 DEFAULT_MIXING_WEIGHT = 0.1  # measured: keeps SmolLM2 coherent (docs/benchmarks.md)
@@ -61,3 +63,25 @@ def _describe(engine) -> ServedModel:
         # The eval script stops on EOS, BOS or pad (= EOS).
         stop_token_ids=(bos,) if bos is not None else (),
     )
+
+
+def quiet_star_card(engine) -> dict[str, Any] | None:
+    """The resolved Quiet-STaR values `GET /v1/models` reports for a checkpoint (None for other
+    models), read from what the engine serves: its config (with our overrides) and tokenizer,
+    through the same functions the decode path uses."""
+    model = served_model(engine)
+    if not model.has_mixing_head:
+        return None
+    hf_config = engine.hf_config
+    start, end = resolve_delimiters(engine.tokenizer, None, None)
+    return {
+        "thought_tokens": model.default_thought_tokens,
+        "n_ahead": checkpoint.n_ahead(hf_config),
+        "start_token_ids": list(start),
+        "end_token_ids": list(end),
+        "init_token_text": checkpoint.INIT_TOKEN_TEXT,
+        "init_token_id": getattr(hf_config, checkpoint.KEY_INIT_TOKEN_ID, None),
+        "mixing_weight_source": "head",
+        "thought_embeddings": getattr(hf_config, checkpoint.KEY_THOUGHT_EMBEDDINGS, "eval"),
+        "masked_token_ids": list(model.added_token_ids),
+    }
