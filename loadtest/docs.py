@@ -74,6 +74,12 @@ SOURCES: dict[str, Source] = {
     "quiet_star_coherence": _bench("quiet_star_coherence", "quiet_star_bench", "coherence "),
     "remote_hop": _bench("remote_hop", "remote_hop", ""),
     "cpu_binding": _bench("cpu_binding", "cpu_binding", ""),
+    # On a lent GPU (no CI machine has one); the command runs every GPU-only check.
+    "gpu_checks": Source(
+        "docs/data/gpu_checks_h200.json",
+        "gpu_checks",
+        "python -m loadtest.benchmarks.gpu_checks --out DIR  # on a GPU; copy DIR/gpu_checks.json",
+    ),
 }
 
 

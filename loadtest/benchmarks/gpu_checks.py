@@ -1,6 +1,6 @@
 """Every check that needs a GPU, in one go, so the first GPU lent to the project is used fully.
 
-    python scripts/gpu_checks.py [--out DIR] [--only kernel,v2,checkpoint,speed]
+    python -m loadtest.benchmarks.gpu_checks [--out DIR] [--only kernel,v2,checkpoint,speed,async]
 
 CI machines have no GPU; these checks are the GPU half of the test suite and benchmarks:
 
@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHECKS = ("kernel", "v2", "checkpoint", "speed", "async")
 
 
@@ -55,11 +55,55 @@ def main() -> int:
             status, detail = "FAILED", f"{type(exc).__name__}: {exc}"
         results[name] = {"status": status, "detail": detail, "s": time.monotonic() - started}
         print(f"[{name}] {status} ({results[name]['s']:.0f} s): {detail}", flush=True)
-    (args.out / "gpu_checks.json").write_text(json.dumps(environment() | {"checks": results}))
+    payload = {
+        "benchmark": "gpu_checks",
+        "provenance": {
+            "command": "python -m loadtest.benchmarks.gpu_checks " + " ".join(sys.argv[1:]),
+            "git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": bool(_git("status", "--porcelain")),
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+            "machine": environment(),
+        },
+        "checks": results,
+    }
+    for name in ("kernel",):
+        if (args.out / f"{name}.json").is_file():
+            payload[f"{name}_rows"] = json.loads((args.out / f"{name}.json").read_text())
+    (args.out / "gpu_checks.json").write_text(json.dumps(payload, indent=1))
     print("\ncheck       status   seconds  detail")
     for name, r in results.items():
         print(f"{name:<11} {r['status']:<8} {r['s']:>7.0f}  {r['detail'][:200]}")
     return 1 if any(r["status"] == "FAILED" for r in results.values()) else 0
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def tables(payload: dict) -> dict[str, str]:
+    """docs/benchmarks.md's GPU tables (``python -m loadtest docs``)."""
+    from loadtest.harness.tables import markdown_table
+
+    checks = [
+        [name, c["status"], f"{c['s']:.0f}", c["detail"][:120]]
+        for name, c in payload["checks"].items()
+    ]
+    kernel = [
+        [f"{r['rows']} × {r['vocab']}", r["dtype"].removeprefix("torch."), f"{r['rel_err']:.1e}",
+         f"{r['fused_ms']:.3f}", f"{r['torch_ms']:.3f}", f"{r['torch_ms'] / r['fused_ms']:.2f}x"]
+        for r in payload.get("kernel_rows", [])
+    ]  # fmt: skip
+    return {
+        "gpu_checks": markdown_table(["check", "status", "s", "detail"], checks),
+        "gpu_checks.kernel": markdown_table(
+            ["rows × vocab", "logits", "rel. error vs float64", "fused ms", "torch ms", "speed-up"],
+            kernel,
+        ),
+    }
 
 
 def environment() -> dict:
