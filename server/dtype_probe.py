@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from server.config import Settings, cpu_flags, omp_threads_bind_value
+from server.quiet_star.checkpoint_setup import model_setup
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,13 @@ def probe_command(settings: Settings, model_path: str) -> list[str]:
         command += ["--max-model-len", str(settings.max_model_len)]
     if settings.trust_remote_code:
         command.append("--trust-remote-code")
+    # The model as the engine will load it: its tokenizer (merged for a Quiet-STaR checkpoint
+    # that ships only added_tokens.json) and our architecture for such a checkpoint.
+    setup = model_setup(settings, model_path)
+    if setup.tokenizer:
+        command += ["--tokenizer", setup.tokenizer]
+    if setup.hf_overrides:
+        command += ["--hf-overrides", json.dumps(setup.hf_overrides)]
     if settings.test_fault == "bf16_probe_sigill":
         command.append("--die-with-sigill")
     return command
@@ -205,6 +213,8 @@ def _probe_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--hf-overrides", type=json.loads, default=None)
     parser.add_argument("--die-with-sigill", action="store_true", help="test only")
     args = parser.parse_args(argv)
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
@@ -222,6 +232,8 @@ def _probe_main(argv: list[str] | None = None) -> int:
         enforce_eager=True,
         enable_prefix_caching=True,
         trust_remote_code=args.trust_remote_code,
+        tokenizer=args.tokenizer,
+        hf_overrides=args.hf_overrides or {},
         logits_processors=[PROCESSOR_FQCN],
     )
     if args.die_with_sigill:
