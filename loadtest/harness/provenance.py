@@ -27,12 +27,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from server.config import RECORDED_CPU_FLAGS
+
 REPO = Path(__file__).resolve().parents[2]
 
 # x86 flags (as /proc/cpuinfo spells them) that change what vLLM's CPU backend runs: native
 # bfloat16 dot products and AMX tiles (the gateway's dtype choice and the oneDNN kernels),
 # AVX-512 and AVX2 (the kernel families vLLM-CPU dispatches between).
-CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "avx512f", "avx2")
+CPU_FLAGS = RECORDED_CPU_FLAGS  # the gateway logs and reports the same ones
 
 
 # ---- the machine ----------------------------------------------------------------------------
