@@ -519,7 +519,6 @@ def main(argv: list[str] | None = None) -> None:
     # multi-token strings on models without thought tokens, s + t + e + 1)
     sp["speed"].add_argument("--delimiters", default=ONE_TOKEN_DELIMITERS)
     sp["forward"].add_argument("--delimiters", nargs="+", default=[ONE_TOKEN_DELIMITERS, "default"])
-    sp["forward"].add_argument("--block-size", type=int, default=32, help="the engine's")
     sp["speed"].add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     sp["speed"].add_argument(
         "--plain-bound",
