@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi.responses import JSONResponse, Response
@@ -165,8 +165,8 @@ class CompletionService:
         """OpenAI streaming: one chunk per delta, an optional usage chunk, then [DONE]; an
         error after the stream started is one error event before [DONE]."""
         try:
-            async with self._outcome(prepared):
-                async for chunk in self.stream_chunks(prepared):
+            async with self._outcome(prepared), aclosing(self.stream_chunks(prepared)) as chunks:
+                async for chunk in chunks:
                     yield {"data": chunk.model_dump_json(exclude_unset=True)}
         except APIError as exc:
             yield {"data": json.dumps(error_payload(exc))}  # ASCII-escaped: always encodable
@@ -188,19 +188,22 @@ class CompletionService:
             )
 
         builders: dict[int, LogprobsBuilder] = {}
-        async for delta in self.deltas(prepared):
-            logprobs = None
-            if prepared.request.logprobs is not None:
-                builder = builders.setdefault(delta.index, LogprobsBuilder(self.engine.tokenizer))
-                logprobs = builder.add(delta)
-            choice = CompletionStreamChoice(
-                index=delta.index,
-                text=delta.text,
-                logprobs=logprobs,
-                finish_reason=delta.finish_reason,  # type: ignore[arg-type]
-                stop_reason=delta.stop_reason,
-            )
-            yield chunk(choices=[choice])
+        async with aclosing(self.deltas(prepared)) as deltas:
+            async for delta in deltas:
+                logprobs = None
+                if prepared.request.logprobs is not None:
+                    builder = builders.setdefault(
+                        delta.index, LogprobsBuilder(self.engine.tokenizer)
+                    )
+                    logprobs = builder.add(delta)
+                choice = CompletionStreamChoice(
+                    index=delta.index,
+                    text=delta.text,
+                    logprobs=logprobs,
+                    finish_reason=delta.finish_reason,  # type: ignore[arg-type]
+                    stop_reason=delta.stop_reason,
+                )
+                yield chunk(choices=[choice])
         if prepared.request.include_usage:
             extra = {"method_details": prepared.details} if prepared.details else {}
             yield chunk(choices=[], usage=self.usage(prepared), **extra)
@@ -384,7 +387,11 @@ class CompletionService:
 
     # ---- running ----------------------------------------------------------------------
     async def deltas(self, prepared: PreparedRequest) -> AsyncIterator[ChoiceDelta]:
-        """Run the method on every prompt; choice indices are global (prompt * n + i)."""
+        """Run the method on every prompt; choice indices are global (prompt * n + i).
+
+        Every generator on the way down is closed with `aclosing` wherever its consumer may
+        stop early: each engine call is charged when its generator closes, and the usage is
+        read right after this one ends (docs/architecture.md, "Accounting identity")."""
         n = prepared.request.n
 
         async def one_prompt(prompt_index: int, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
@@ -397,14 +404,18 @@ class CompletionService:
                 resources=self.resources,
                 http_request_id=prepared.request_id,
             )
-            async for delta in prepared.method.run(ctx, inp):
-                delta.index += prompt_index * n
-                yield delta
+            async with aclosing(prepared.method.run(ctx, inp)) as deltas:
+                async for delta in deltas:
+                    delta.index += prompt_index * n
+                    yield delta
 
         streams = [one_prompt(i, inp) for i, inp in enumerate(prepared.inputs)]
         with self.lifecycle.guard():
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                async for delta in merge_streams(streams):
+            async with (
+                asyncio.timeout(self.settings.request_timeout_s),
+                aclosing(merge_streams(streams)) as merged,
+            ):
+                async for delta in merged:
                     if prepared.first_token_at is None and (delta.text or delta.token_ids):
                         prepared.first_token_at = time.perf_counter()
                     prepared.completion_tokens += len(delta.token_ids)
@@ -416,13 +427,16 @@ class CompletionService:
         builders: dict[int, LogprobsBuilder] = {}
         finish: dict[int, tuple[str | None, int | str | None]] = {}
         want_logprobs = prepared.request.logprobs is not None
-        async for delta in self.deltas(prepared):
-            texts.setdefault(delta.index, []).append(delta.text)
-            if want_logprobs:
-                builder = builders.setdefault(delta.index, LogprobsBuilder(self.engine.tokenizer))
-                builder.add(delta)
-            if delta.finish_reason is not None:
-                finish[delta.index] = (delta.finish_reason, delta.stop_reason)
+        async with aclosing(self.deltas(prepared)) as deltas:
+            async for delta in deltas:
+                texts.setdefault(delta.index, []).append(delta.text)
+                if want_logprobs:
+                    builder = builders.setdefault(
+                        delta.index, LogprobsBuilder(self.engine.tokenizer)
+                    )
+                    builder.add(delta)
+                if delta.finish_reason is not None:
+                    finish[delta.index] = (delta.finish_reason, delta.stop_reason)
         choices = [
             CompletionChoice(
                 index=i,
