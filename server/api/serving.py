@@ -36,7 +36,9 @@ from server.api.protocol import (
     CompletionResponse,
     CompletionStreamChoice,
     CompletionStreamResponse,
+    CompletionTokensDetails,
     CompletionUsage,
+    ComponentUsage,
     FlopsUsage,
     find_lone_surrogate,
 )
@@ -467,9 +469,14 @@ class CompletionService:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
+            completion_tokens_details=CompletionTokensDetails(
+                reasoning_tokens=meter.thought_tokens
+            ),
             thought_tokens=meter.thought_tokens,
             cached_tokens=policy.cached_tokens + reward.cached_tokens,
             forward_tokens=policy.forward_tokens + reward.forward_tokens,
+            forward_tokens_policy=policy.forward_tokens,
+            forward_tokens_reward=reward.forward_tokens,
             reward_tokens=reward.prompt_tokens + reward.generated_tokens,
             engine_calls=policy.engine_calls + reward.engine_calls,
             flops=FlopsUsage(
@@ -480,6 +487,20 @@ class CompletionService:
                 reward_executed=reward.flops.executed,
                 reward_nominal=reward.flops.nominal,
             ),
+            components={
+                name: ComponentUsage(
+                    engine_calls=cost.engine_calls,
+                    forward_tokens=cost.forward_tokens,
+                    emitting_calls=cost.emitting_calls,
+                    unreported_calls=cost.unreported_calls,
+                    unreported_tokens=cost.unreported_tokens,
+                    engine_tokens=cost.engine_counted_tokens,
+                    flops_executed=cost.flops.executed,
+                    flops_nominal=cost.flops.nominal,
+                )
+                for name, cost in sorted(meter.components.items())
+            }
+            or None,
         )
 
     def record_metrics(self, prepared: PreparedRequest, status: str) -> None:
@@ -491,12 +512,15 @@ class CompletionService:
             metrics.FLOPS.labels(method, component, "executed").inc(cost.flops.executed)
             metrics.FLOPS.labels(method, component, "nominal").inc(cost.flops.nominal)
             metrics.ENGINE_CALLS.labels(method, component).inc(cost.engine_calls)
+            metrics.ENGINE_CALLS_EMITTING.labels(method, component).inc(cost.emitting_calls)
+            metrics.ENGINE_TOKENS.labels(method, component).inc(cost.engine_counted_tokens)
         usage = self.usage(prepared)
         tokens = {
             "prompt": usage.prompt_tokens,
             "completion": usage.completion_tokens,
             "cached": usage.cached_tokens,
             "forward": usage.forward_tokens,
+            "forward_unreported": sum(c.unreported_tokens for c in meter.components.values()),
             "thought": usage.thought_tokens,
             "reward": usage.reward_tokens,
         }
