@@ -336,6 +336,7 @@ def _log(msg: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from loadtest.client import GatewayClient
+    from loadtest.harness import accounting
     from loadtest.records import append_record, write_records
     from loadtest.report import write_report
     from loadtest.runner import replay
@@ -374,7 +375,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
 
     try:
-        with measurement_lock(f"loadtest run {args.url}", wait=args.wait_lock):
+        with (
+            measurement_lock(f"loadtest run {args.url}", wait=args.wait_lock),
+            accounting.Window(args.url) as window,  # /metrics before and after the run
+        ):
             records = asyncio.run(go())
     except LockHeld as exc:
         raise SystemExit(f"error: {exc}") from None
@@ -398,6 +402,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "chat": build.chat,
         "settings": {k: v for k, v in vars(settings).items() if k != "save_text"},
         "configs": [vars(c) for c in configs],
+        "accounting": window.result,
     }
     text = write_report(
         records,
@@ -406,6 +411,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra=facts,
         paper_gflops_per_token=args.paper_gflops_per_token,
     )
+    text += "\n" + accounting.report_line(window.result) + "\n"
+    (out / "report.md").write_text(text)
     print(text)
     _log(f"report: {out / 'report.md'}, {out / 'summary.json'}")
     return 0
