@@ -25,6 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtest.harness import servers
+from loadtest.harness.servers import EngineSettings
 from tests.conftest import completion_ok, http_client, running_gateway, scrape_metrics
 from tests.tiny_model import build_tiny_llama
 
@@ -62,11 +64,37 @@ def build_eos_prone_model(directory: Path, strength: float = 0.75) -> Path:
 
 
 @pytest.fixture(scope="module")
-def http(tmp_path_factory) -> Iterator[httpx.Client]:
-    model = build_eos_prone_model(tmp_path_factory.mktemp("eos-prone"))
+def eos_prone_model(tmp_path_factory) -> Path:
+    return build_eos_prone_model(tmp_path_factory.mktemp("eos-prone"))
+
+
+@pytest.fixture(scope="module")
+def http(eos_prone_model: Path, tmp_path_factory) -> Iterator[httpx.Client]:
     log = tmp_path_factory.mktemp("accounting") / "gateway.log"
-    with running_gateway(model, log) as gw, http_client(gw) as client:
+    with running_gateway(eos_prone_model, log) as gw, http_client(gw) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def remote(eos_prone_model: Path, tmp_path_factory) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    """A gateway on the remote engine and the one `vllm serve` replica it talks to."""
+    logs = tmp_path_factory.mktemp("accounting-remote")
+    engine = EngineSettings(
+        model=str(eos_prone_model), served_name="tiny", max_model_len=1024, kv_cache_gib=1,
+        dtype="float32", block_size=None, max_num_seqs=None, seed=0,
+    )  # fmt: skip
+    replica = servers.start_replica(engine, logs / "replica.log")
+    try:
+        gw = servers.start_gateway(
+            engine, logs / "gateway.log", "--engine-url", replica.url, "--engine-replicas", "1"
+        )
+        try:
+            with http_client(gw) as client, http_client(replica) as replica_client:
+                yield client, replica_client
+        finally:
+            gw.stop()
+    finally:
+        replica.stop()
 
 
 def metric(samples: dict[str, float], name: str, label: str = "") -> float:
@@ -168,6 +196,19 @@ def test_every_response_is_charged_and_adds_up_to_vllms_counter(http) -> None:
             cut = run(http, request(method, ignore_eos=True, stop=[stop], stream=stream))
             assert cut["finish_reason"] == "stop" and cut["stop_reason"] == stop, cut
             results[f"{tag}/stop_string"] = cut
+    # think="step_start": one engine request per thought (FINAL_ONLY), plain decoding between
+    step_start = {**QUIET_STAR, "think": "step_start", "step_delimiter": " "}
+    results["quiet_star/step_start/eos"] = run(
+        http, request("quiet_star", max_tokens=16, seed=EOS_SEED, quiet_star=step_start)
+    )
+    length = run(http, request("quiet_star", ignore_eos=True, quiet_star=step_start))
+    results["quiet_star/step_start/length"] = length
+    text = length["text"]
+    results["quiet_star/step_start/stop_string"] = cut = run(
+        http,
+        request("quiet_star", ignore_eos=True, stop=[stop_string_in(text)], quiet_star=step_start),
+    )
+    assert cut["finish_reason"] == "stop", cut
     for method in ("rebase", "quiet_star+rebase"):
         extra = (
             {"quiet_star": {"thought_tokens": 1, "mixing_weight": 0.5}} if "quiet" in method else {}
@@ -257,3 +298,30 @@ def test_client_disconnects_are_charged_what_the_engine_ran(http) -> None:
     emitting = moved("thinkscale_engine_calls_emitting_total")
     assert forward + emitting - unreported == counted
     assert moved("thinkscale_engine_tokens_total") == counted
+
+
+def test_the_remote_engine_adds_up_to_its_replicas_counter(remote) -> None:
+    """The remote engine's charge against the replica's own counter, on calls that end by
+    themselves (no failover, no cut: a replica counts tokens it had produced but not streamed
+    when the gateway closes a call early)."""
+    http, replica = remote
+    before = idle_metrics(replica)
+    usages = []
+    for method in ("baseline", "quiet_star"):
+        length = run(http, request(method, ignore_eos=True))
+        eos = run(http, request(method, max_tokens=16, seed=EOS_SEED))
+        assert eos["finish_reason"] == "stop", eos
+        stop = stop_string_in(length["text"])
+        cut = run(http, request(method, ignore_eos=True, stop=[stop]))
+        assert cut["finish_reason"] == "stop", cut
+        usages += [length["usage"], eos["usage"], cut["usage"]]
+    extra = {"quiet_star": {"thought_tokens": 1, "mixing_weight": 0.5}}
+    usages.append(run(http, request("rebase", max_tokens=12, rebase=tree(3)))["usage"])
+    usages.append(
+        run(http, request("quiet_star+rebase", max_tokens=12, rebase=tree(2), **extra))["usage"]
+    )
+    after = idle_metrics(replica)
+    assert metric(after, PREEMPTIONS) == metric(before, PREEMPTIONS)
+    counted = metric(after, ITERATION_TOKENS) - metric(before, ITERATION_TOKENS)
+    assert all(u["forward_tokens"] > 0 and u["flops"]["executed"] > 0 for u in usages)
+    assert sum(engine_charge(u) for u in usages) == counted
