@@ -5,9 +5,9 @@ gateway charged exactly what its engine counted. Over a window with only the run
 the increase of vLLM's `vllm:iteration_tokens_total_sum` equals the gateway's
 `thinkscale_engine_tokens_total` (its forward tokens + the calls that emitted a token - the
 forward tokens of calls cut before their first output), when no request was preempted
-(docs/architecture.md, "Accounting identity"). Both are summed over every engine of the
-server's process; a server without the gateway's series (`vllm serve`) is reported as
-unchecked.
+(docs/architecture.md, "Accounting identity"). Both are summed over the engines of the
+server's process (a `vllm_prm` reward engine counts into `thinkscale_prm_iteration_tokens_total`);
+a server without the gateway's series (`vllm serve`) is reported as unchecked.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from loadtest.harness.servers import metric_total, scrape_metrics
 
 VLLM_TOKENS = "vllm:iteration_tokens_total_sum"
+PRM_TOKENS = "thinkscale_prm_iteration_tokens_total"
 GATEWAY_TOKENS = "thinkscale_engine_tokens_total"
 FORWARD = ("thinkscale_tokens_total", 'kind="forward"')
 PREEMPTIONS = "vllm:num_preemptions_total"
@@ -53,7 +54,8 @@ def check(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
         return metric_total(after, name, label) - metric_total(before, name, label)
 
     out: dict[str, Any] = {
-        "vllm_iteration_tokens": moved(VLLM_TOKENS),
+        # the policy engine's own count, plus a PRM engine's (its own stat logger)
+        "vllm_iteration_tokens": moved(VLLM_TOKENS) + moved(PRM_TOKENS),
         "gateway_engine_tokens": moved(GATEWAY_TOKENS),
         "gateway_forward_tokens": moved(*FORWARD),
         "preemptions": moved(PREEMPTIONS),

@@ -37,6 +37,7 @@ ITERATION_TOKENS = "vllm:iteration_tokens_total_sum"
 PREEMPTIONS = "vllm:num_preemptions_total"
 QUIET_STAR = {"thought_tokens": 2, "mixing_weight": 0.5}
 EOS_SEED = 5
+REQUEST_TIMEOUT_S = 30
 
 
 def build_eos_prone_model(directory: Path, strength: float = 0.75) -> Path:
@@ -71,7 +72,9 @@ def eos_prone_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def http(eos_prone_model: Path, tmp_path_factory) -> Iterator[httpx.Client]:
     log = tmp_path_factory.mktemp("accounting") / "gateway.log"
-    with running_gateway(eos_prone_model, log) as gw, http_client(gw) as client:
+    # Every cell ends within seconds; the timeout cell runs into this limit.
+    timeout = ("--request-timeout-s", str(REQUEST_TIMEOUT_S))
+    with running_gateway(eos_prone_model, log, *timeout) as gw, http_client(gw) as client:
         yield client
 
 
@@ -265,9 +268,10 @@ def disconnect(http: httpx.Client, body: dict, *, wait_s: float = 0.0) -> None:
                 return
 
 
-def test_client_disconnects_are_charged_what_the_engine_ran(http) -> None:
-    """Clients that go away get no usage: the gateway's own counters must still add up to
-    vLLM's (forward + emitting calls - forward_unreported)."""
+def test_disconnects_and_timeouts_are_charged_what_the_engine_ran(http) -> None:
+    """Clients that go away, and a request cut by the gateway's timeout, get no usage: the
+    gateway's own counters must still add up to vLLM's (forward + emitting calls -
+    forward_unreported)."""
     before = idle_metrics(http)
     long = {"max_tokens": 400, "ignore_eos": True}
     disconnect(http, request("baseline", **long))
@@ -280,6 +284,10 @@ def test_client_disconnects_are_charged_what_the_engine_ran(http) -> None:
         request("quiet_star+rebase", rebase=big, quiet_star={"thought_tokens": 1}, **long),
         wait_s=0.5,
     )
+    # Thousands of engine steps: far past the gateway's request timeout.
+    slow = request("quiet_star", max_tokens=900, ignore_eos=True, quiet_star={"thought_tokens": 16})
+    response = http.post("/v1/completions", json=slow)
+    assert response.status_code == 504, response.text
     after = idle_metrics(http)
 
     def moved(name: str, label: str = "") -> float:
@@ -291,6 +299,7 @@ def test_client_disconnects_are_charged_what_the_engine_ran(http) -> None:
         for method in ("baseline", "quiet_star", "rebase", "quiet_star+rebase")
     }
     assert cancelled == dict.fromkeys(cancelled, 1.0)
+    assert moved("thinkscale_requests_total", 'method="quiet_star",status="timeout"') == 1
     counted = moved(ITERATION_TOKENS)
     assert counted > 0
     forward = moved("thinkscale_tokens_total", 'kind="forward"')
