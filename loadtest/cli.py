@@ -336,6 +336,7 @@ def _log(msg: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from loadtest.client import GatewayClient
+    from loadtest.harness import accounting
     from loadtest.harness.results import provenance
     from loadtest.records import append_record, write_records
     from loadtest.report import write_report
@@ -375,7 +376,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
 
     try:
-        with measurement_lock(f"loadtest run {args.url}", wait=args.wait_lock):
+        with (
+            measurement_lock(f"loadtest run {args.url}", wait=args.wait_lock),
+            accounting.Window(args.url) as window,  # /metrics before and after the run
+        ):
             records = asyncio.run(go())
     except LockHeld as exc:
         raise SystemExit(f"error: {exc}") from None
@@ -402,6 +406,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Where the replay ran and on what tree (the server's side too when this process
         # started it: loadtest.benchmarks.results_run); the output folder is not a change.
         "provenance": provenance(exclude=(out,)),
+        "accounting": window.result,
     }
     text = write_report(
         records,
@@ -410,6 +415,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra=facts,
         paper_gflops_per_token=args.paper_gflops_per_token,
     )
+    text = _with_accounting(text, out, window.result)
     print(text)
     _log(f"report: {out / 'report.md'}, {out / 'summary.json'}")
     return 0
@@ -433,8 +439,19 @@ def cmd_report(args: argparse.Namespace) -> int:
         extra=extra,
         paper_gflops_per_token=args.paper_gflops_per_token,
     )
+    if extra and "accounting" in extra:
+        text = _with_accounting(text, out, extra["accounting"])
     print(text)
     return 0
+
+
+def _with_accounting(text: str, out: Path, result: dict[str, Any]) -> str:
+    """The report with its accounting check's line (loadtest/harness/accounting.py) last."""
+    from loadtest.harness import accounting
+
+    text += "\n" + accounting.report_line(result) + "\n"
+    (out / "report.md").write_text(text)
+    return text
 
 
 def cmd_export_bench(args: argparse.Namespace) -> int:

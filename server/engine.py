@@ -17,6 +17,7 @@ from pathlib import Path
 from vllm import AsyncEngineArgs, SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.outputs import RequestOutput
+from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
@@ -188,8 +189,12 @@ class Engine:
     ) -> AsyncIterator[RequestOutput]:
         """Stream the outputs of one single-sequence engine request, then charge its cost.
 
-        Cancellation (client disconnect, timeout) propagates into vLLM's generator, which
-        aborts the engine request; the tokens computed so far are still charged.
+        However the call ends (finished, the consumer stopped early or closed the generator,
+        cancellation by a disconnect, timeout or shutdown, an error), it is charged before this
+        generator is done: a call cut short is aborted first, and the engine's last output
+        (which vLLM makes at the abort, cumulative under FINAL_ONLY, the deltas not yet read
+        under DELTA) says how many tokens it had produced. So the charge counts what the
+        engine's own counters counted (docs/architecture.md, "Accounting identity").
         """
         if params.n != 1:
             raise ValueError("Engine.generate runs one sequence; fan out n in the method")
@@ -197,31 +202,71 @@ class Engine:
         request_id = request_id or engine_request_id()
         logger.debug("engine request %s: %d prompt tokens", request_id, len(prompt_token_ids))
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
-        cached_tokens = 0
-        generated_tokens = 0
+        tally = CallTally(delta=params.output_kind == RequestOutputKind.DELTA)
+        # vLLM's own `generate` aborts a request cut short but drops what the engine said at
+        # the abort; reading the request's queue here keeps it.
+        queue = await self.llm.add_request(request_id, prompt, params, priority=priority)
         try:
-            async for output in self.llm.generate(prompt, params, request_id, priority=priority):
-                cached_tokens = output.num_cached_tokens or 0
-                generated_tokens = _generated_so_far(output, params, generated_tokens)
+            while not tally.finished:
+                output = queue.get_nowait() or await queue.get()
+                tally.add(output)
                 yield output
         finally:
-            meter.record_generation(
-                prompt_tokens=len(prompt_token_ids),
-                cached_tokens=cached_tokens,
-                generated_tokens=generated_tokens,
-                component=component,
-                rollback_steps=rollback_steps,  # Quiet-STaR continuation: positions roll back
-            )
+            try:
+                if not tally.finished:
+                    await _abort(self.llm, queue, tally)
+            finally:
+                queue.close()
+                meter.record_generation(
+                    prompt_tokens=len(prompt_token_ids),
+                    cached_tokens=tally.cached_tokens,
+                    generated_tokens=tally.generated_tokens,
+                    component=component,
+                    rollback_steps=rollback_steps,  # Quiet-STaR continuation: positions roll back
+                    reported=tally.reported,
+                )
 
     async def num_unfinished_requests(self) -> int:
         return self.llm.get_num_unfinished_requests()
 
 
-def _generated_so_far(output: RequestOutput, params: SamplingParams, before: int) -> int:
-    """Generated-token count, whether outputs are cumulative or deltas."""
-    from vllm.sampling_params import RequestOutputKind
+async def _abort(llm: AsyncLLM, queue, tally: CallTally) -> None:
+    """Abort a request cut short and add what the engine said at the abort to `tally`.
 
-    produced = len(output.outputs[0].token_ids) if output.outputs else 0
-    if params.output_kind == RequestOutputKind.DELTA:
-        return before + produced
-    return produced
+    vLLM's output side of the abort runs before its first await: the queue holds the final
+    output even when this task is cancelled again while the engine core is told."""
+    try:
+        await llm.abort(queue.request_id, internal=True)
+    except Exception:  # a dead engine: the lifecycle reports it; the charge must still happen
+        logger.warning("aborting engine request %s failed", queue.request_id, exc_info=True)
+    finally:
+        try:
+            rest = queue.get_nowait()
+        except Exception:  # an engine error stored for this request: nothing more to count
+            rest = None
+        if isinstance(rest, RequestOutput):
+            tally.add(rest)
+
+
+@dataclass
+class CallTally:
+    """What one engine call produced, from the outputs vLLM handed over.
+
+    `reported`: vLLM's output processor saw the call (it then counted the call's uncached prompt
+    and every token in `vllm:iteration_tokens_total`); False for a call aborted before its first
+    output, which vLLM's counters never see."""
+
+    delta: bool  # outputs are deltas (else cumulative, or one final output)
+    generated_tokens: int = 0
+    cached_tokens: int = 0
+    reported: bool = False
+    finished: bool = False
+
+    def add(self, output: RequestOutput) -> None:
+        produced = len(output.outputs[0].token_ids) if output.outputs else 0
+        self.generated_tokens = self.generated_tokens + produced if self.delta else produced
+        self.cached_tokens = output.num_cached_tokens or 0
+        reason = output.outputs[0].finish_reason if output.outputs else None
+        # The abort's own output ("abort", no token) is made by the frontend, not the engine.
+        self.reported = self.reported or produced > 0 or reason not in (None, "abort")
+        self.finished = self.finished or output.finished

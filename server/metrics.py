@@ -57,12 +57,27 @@ FLOPS = Counter(
 TOKENS = Counter(
     "thinkscale_tokens",
     "Tokens by method and kind: prompt, completion (visible output), cached (prefix-cache "
-    "hits), forward (positions that ran), thought (Quiet-STaR), tree (REBASE node text), reward.",
+    "hits), forward (positions that ran), forward_unreported (the part of forward charged for "
+    "engine calls cut before their first output), thought (Quiet-STaR), tree (REBASE node "
+    "text), reward.",
     ["method", "kind"],
 )
 ENGINE_CALLS = Counter(
     "thinkscale_engine_calls",
     "Engine requests made on behalf of API requests, by method and component.",
+    ["method", "component"],
+)
+# The accounting identity against vLLM's own counter (docs/architecture.md):
+# vllm:iteration_tokens_total_sum moves by forward + emitting calls - forward_unreported.
+ENGINE_CALLS_EMITTING = Counter(
+    "thinkscale_engine_calls_emitting",
+    "Engine requests that produced at least one token, by method and component.",
+    ["method", "component"],
+)
+ENGINE_TOKENS = Counter(
+    "thinkscale_engine_tokens",
+    "Tokens the engine's own vllm:iteration_tokens_total counts for these engine requests "
+    "(their uncached prompts and every token they emitted), by method and component.",
     ["method", "component"],
 )
 IN_FLIGHT = Gauge(

@@ -27,6 +27,17 @@ class ComponentCost:
     flops: RequestFlops = field(default_factory=lambda: RequestFlops(0, 0))
 
     forward_tokens: int = 0
+    # The terms of the accounting identity against the engine's own counter
+    # (docs/architecture.md, "Accounting identity"):
+    emitting_calls: int = 0  # calls that produced a token: the engine counts their last one
+    unreported_calls: int = 0  # calls cut before the engine's first output: it never saw them
+    unreported_tokens: int = 0  # forward_tokens charged for those (their whole prompt)
+
+    @property
+    def engine_counted_tokens(self) -> int:
+        """What vLLM's `vllm:iteration_tokens_total` counts for these calls: every call's
+        uncached prompt and every token it emitted, once the engine has reported it."""
+        return self.forward_tokens + self.emitting_calls - self.unreported_tokens
 
 
 @dataclass
@@ -46,9 +57,12 @@ class UsageMeter:
         generated_tokens: int,
         component: Component = "policy",
         rollback_steps: int | None = None,
+        reported: bool = True,
     ) -> None:
         """Charge one finished (or aborted) generation call of the policy or a generative judge
-        (`rollback_steps`: a Quiet-STaR continuation request, FlopsModel.request_flops)."""
+        (`rollback_steps`: a Quiet-STaR continuation request, FlopsModel.request_flops).
+        `reported`: the engine reported the call (False: it was cut before its first output, so
+        whether its prompt ran is unknown; it is charged in full)."""
         model = self._model_for(component)
         cost = self.components.setdefault(component, ComponentCost())
         cost.engine_calls += 1
@@ -57,7 +71,12 @@ class UsageMeter:
         cost.generated_tokens += generated_tokens
         # Positions that ran: the uncached prompt, then every generated token but the last
         # is fed back (the last one is sampled and never run through the model).
-        cost.forward_tokens += prompt_tokens - cached_tokens + max(generated_tokens - 1, 0)
+        forward = prompt_tokens - cached_tokens + max(generated_tokens - 1, 0)
+        cost.forward_tokens += forward
+        cost.emitting_calls += generated_tokens > 0
+        if not reported:
+            cost.unreported_calls += 1
+            cost.unreported_tokens += forward
         cost.flops = cost.flops + model.request_flops(
             prompt_tokens, cached_tokens, generated_tokens, rollback_steps=rollback_steps
         )

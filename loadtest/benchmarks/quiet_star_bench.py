@@ -32,18 +32,17 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 from transformers import AutoTokenizer
 
 from kernels.quiet_star.scheduler import MIN_FUSED_TOKENS
-from loadtest.harness import cli
+from loadtest.harness import accounting, cli
 from loadtest.harness.driver import run_bodies
 from loadtest.harness.provenance import adopt_sides, record_hf_side
 from loadtest.harness.results import spread
 from loadtest.harness.rounds import run_rounds
-from loadtest.harness.servers import REPO, metric_total, scrape_metrics, start_gateway
+from loadtest.harness.servers import REPO, metric_total, start_gateway
 from loadtest.harness.tables import cell, fmt, fmt_spread, markdown_table
 from server.answers import answers_match, extract_answer
 from server.quiet_star.delimiters import resolve_delimiters
@@ -138,10 +137,12 @@ def _forward_row(
     block = {"thought_tokens": t, "mixing_weight": args.mixing_weight}
     block |= delimiter_block(delimiters)
     bodies = [body(model, q, args.max_tokens, block, seed=p.index, ignore_eos=True) for p, q in qs]
-    before = scrape_metrics(url)
+    before = accounting.idle_samples(url)
     usages = [r.usage for r in run_bodies(url, bodies, concurrency=1).results]
-    time.sleep(1.5)  # vLLM publishes its counters with the next stats tick
-    after = scrape_metrics(url)
+    after = accounting.idle_samples(url)  # vLLM publishes its counters after the outputs
+    checked = accounting.check(before, after)
+    if checked["matches"] is False:
+        print(accounting.report_line(checked), flush=True)
 
     def delta(name: str, label: str | None = None) -> float:
         return metric_total(after, name, label) - metric_total(before, name, label)
@@ -166,6 +167,7 @@ def _forward_row(
         )
         expected_steps = positions
     return {
+        "accounting": checked,
         "engine": engine,
         "delimiters": delimiters,
         "thought_tokens": t,

@@ -42,7 +42,7 @@ from typing import Any
 
 from loadtest.client import CallResult
 from loadtest.data import Problem
-from loadtest.harness import cli
+from loadtest.harness import accounting, cli
 from loadtest.harness.driver import run_bodies
 from loadtest.harness.provenance import adopt_sides
 from loadtest.harness.results import by_side, spread
@@ -213,10 +213,10 @@ def session(args, tree: TreeSettings, rnd: int, name: str, best_of_n: bool) -> d
         # Warm-up (allocator, first batches), on a prompt the trees do not share.
         warm = {"model": engine.name(), "prompt": "Warm-up.", "max_tokens": 16, "n": 2}
         run_bodies(gw.url, [warm], concurrency=1)
-        before = scrape_metrics(gw.url)
+        before = accounting.idle_samples(gw.url)  # the warm-up's counters published
         with OccupancySampler(gw.url, args.sample_s) as occupancy:
             done = run_bodies(gw.url, [tree.body(engine.name(), p, q) for p, q in qs], **load)
-        after = scrape_metrics(gw.url)
+        after = accounting.idle_samples(gw.url)
         counters = {k: metric_total(after, k) - metric_total(before, k) for k in ENGINE_COUNTERS}
         latencies = [r.latency for r in done.results]
         running = occupancy.samples
@@ -233,6 +233,7 @@ def session(args, tree: TreeSettings, rnd: int, name: str, best_of_n: bool) -> d
             "occupancy": statistics.fmean(running) / args.max_num_seqs if running else None,
             "trees": trees(done.results),
             "engine_counters": counters,
+            "accounting": accounting.check(before, after),
             "engine_cache_hit_fraction": counters["vllm:prompt_tokens_cached_total"]
             / max(counters["vllm:prompt_tokens_total"], 1),
             "latencies_s": [round(r.latency, 3) for r in done.results],
@@ -377,6 +378,8 @@ def tables(payload: dict[str, Any]) -> dict[str, str]:
     if load == {"open"}:
         rate = payload.get("settings", {}).get("arrival_rate")
         lines.append(f"- open loop: Poisson arrivals, {rate} requests/s")
+    if (checked := accounting.sessions_line(sessions)) is not None:
+        lines.append(checked)
     table = markdown_table(header, rows) + "\n\n" + "\n".join(lines)
     # Also under the names of the scheduler comparisons' own result files (loadtest/docs.py).
     out = {

@@ -158,16 +158,45 @@ class FlopsUsage(BaseModel):
     reward_nominal: float = 0.0
 
 
+class CompletionTokensDetails(BaseModel):
+    """OpenAI's breakdown of the completion. `reasoning_tokens`: Quiet-STaR's thought tokens
+    (and delimiters), which, unlike OpenAI's, are not part of `completion_tokens` (the visible
+    text, as `vllm serve` counts it)."""
+
+    reasoning_tokens: int = 0
+
+
+class ComponentUsage(BaseModel):
+    """One component's engine calls (policy, or the reward model) and the terms that relate
+    its `forward_tokens` to the engine's own counter (docs/architecture.md, "Accounting
+    identity"): `engine_tokens = forward_tokens + emitting_calls - unreported_tokens` is what
+    vLLM's `vllm:iteration_tokens_total` counts for these calls."""
+
+    engine_calls: int = 0
+    forward_tokens: int = 0
+    emitting_calls: int = 0  # calls that produced a token (the last one is never run)
+    unreported_calls: int = 0  # calls cut before the engine's first output
+    unreported_tokens: int = 0  # their forward_tokens (the whole prompt; the engine never saw them)
+    engine_tokens: int = 0
+    flops_executed: float = 0.0
+    flops_nominal: float = 0.0
+
+
 class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
-    total_tokens: int
+    total_tokens: int  # prompt + completion (visible text); thoughts are not in it
+    completion_tokens_details: CompletionTokensDetails | None = None
     thought_tokens: int = 0
     cached_tokens: int = 0
-    forward_tokens: int = 0
+    forward_tokens: int = 0  # positions computed, all components
+    forward_tokens_policy: int = 0
+    # the reward model's: on the policy engine for the policy judge, its own engine for a PRM
+    forward_tokens_reward: int = 0
     reward_tokens: int = 0
     engine_calls: int = 0
     flops: FlopsUsage
+    components: dict[str, ComponentUsage] | None = None  # "policy", "reward": present ones
 
 
 class CompletionResponse(BaseModel):

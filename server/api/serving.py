@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi.responses import JSONResponse, Response
@@ -36,7 +36,9 @@ from server.api.protocol import (
     CompletionResponse,
     CompletionStreamChoice,
     CompletionStreamResponse,
+    CompletionTokensDetails,
     CompletionUsage,
+    ComponentUsage,
     FlopsUsage,
     find_lone_surrogate,
 )
@@ -165,8 +167,8 @@ class CompletionService:
         """OpenAI streaming: one chunk per delta, an optional usage chunk, then [DONE]; an
         error after the stream started is one error event before [DONE]."""
         try:
-            async with self._outcome(prepared):
-                async for chunk in self.stream_chunks(prepared):
+            async with self._outcome(prepared), aclosing(self.stream_chunks(prepared)) as chunks:
+                async for chunk in chunks:
                     yield {"data": chunk.model_dump_json(exclude_unset=True)}
         except APIError as exc:
             yield {"data": json.dumps(error_payload(exc))}  # ASCII-escaped: always encodable
@@ -188,19 +190,22 @@ class CompletionService:
             )
 
         builders: dict[int, LogprobsBuilder] = {}
-        async for delta in self.deltas(prepared):
-            logprobs = None
-            if prepared.request.logprobs is not None:
-                builder = builders.setdefault(delta.index, LogprobsBuilder(self.engine.tokenizer))
-                logprobs = builder.add(delta)
-            choice = CompletionStreamChoice(
-                index=delta.index,
-                text=delta.text,
-                logprobs=logprobs,
-                finish_reason=delta.finish_reason,  # type: ignore[arg-type]
-                stop_reason=delta.stop_reason,
-            )
-            yield chunk(choices=[choice])
+        async with aclosing(self.deltas(prepared)) as deltas:
+            async for delta in deltas:
+                logprobs = None
+                if prepared.request.logprobs is not None:
+                    builder = builders.setdefault(
+                        delta.index, LogprobsBuilder(self.engine.tokenizer)
+                    )
+                    logprobs = builder.add(delta)
+                choice = CompletionStreamChoice(
+                    index=delta.index,
+                    text=delta.text,
+                    logprobs=logprobs,
+                    finish_reason=delta.finish_reason,  # type: ignore[arg-type]
+                    stop_reason=delta.stop_reason,
+                )
+                yield chunk(choices=[choice])
         if prepared.request.include_usage:
             extra = {"method_details": prepared.details} if prepared.details else {}
             yield chunk(choices=[], usage=self.usage(prepared), **extra)
@@ -384,7 +389,11 @@ class CompletionService:
 
     # ---- running ----------------------------------------------------------------------
     async def deltas(self, prepared: PreparedRequest) -> AsyncIterator[ChoiceDelta]:
-        """Run the method on every prompt; choice indices are global (prompt * n + i)."""
+        """Run the method on every prompt; choice indices are global (prompt * n + i).
+
+        Every generator on the way down is closed with `aclosing` wherever its consumer may
+        stop early: each engine call is charged when its generator closes, and the usage is
+        read right after this one ends (docs/architecture.md, "Accounting identity")."""
         n = prepared.request.n
 
         async def one_prompt(prompt_index: int, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
@@ -397,14 +406,18 @@ class CompletionService:
                 resources=self.resources,
                 http_request_id=prepared.request_id,
             )
-            async for delta in prepared.method.run(ctx, inp):
-                delta.index += prompt_index * n
-                yield delta
+            async with aclosing(prepared.method.run(ctx, inp)) as deltas:
+                async for delta in deltas:
+                    delta.index += prompt_index * n
+                    yield delta
 
         streams = [one_prompt(i, inp) for i, inp in enumerate(prepared.inputs)]
         with self.lifecycle.guard():
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                async for delta in merge_streams(streams):
+            async with (
+                asyncio.timeout(self.settings.request_timeout_s),
+                aclosing(merge_streams(streams)) as merged,
+            ):
+                async for delta in merged:
                     if prepared.first_token_at is None and (delta.text or delta.token_ids):
                         prepared.first_token_at = time.perf_counter()
                     prepared.completion_tokens += len(delta.token_ids)
@@ -416,13 +429,16 @@ class CompletionService:
         builders: dict[int, LogprobsBuilder] = {}
         finish: dict[int, tuple[str | None, int | str | None]] = {}
         want_logprobs = prepared.request.logprobs is not None
-        async for delta in self.deltas(prepared):
-            texts.setdefault(delta.index, []).append(delta.text)
-            if want_logprobs:
-                builder = builders.setdefault(delta.index, LogprobsBuilder(self.engine.tokenizer))
-                builder.add(delta)
-            if delta.finish_reason is not None:
-                finish[delta.index] = (delta.finish_reason, delta.stop_reason)
+        async with aclosing(self.deltas(prepared)) as deltas:
+            async for delta in deltas:
+                texts.setdefault(delta.index, []).append(delta.text)
+                if want_logprobs:
+                    builder = builders.setdefault(
+                        delta.index, LogprobsBuilder(self.engine.tokenizer)
+                    )
+                    builder.add(delta)
+                if delta.finish_reason is not None:
+                    finish[delta.index] = (delta.finish_reason, delta.stop_reason)
         choices = [
             CompletionChoice(
                 index=i,
@@ -453,9 +469,14 @@ class CompletionService:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
+            completion_tokens_details=CompletionTokensDetails(
+                reasoning_tokens=meter.thought_tokens
+            ),
             thought_tokens=meter.thought_tokens,
             cached_tokens=policy.cached_tokens + reward.cached_tokens,
             forward_tokens=policy.forward_tokens + reward.forward_tokens,
+            forward_tokens_policy=policy.forward_tokens,
+            forward_tokens_reward=reward.forward_tokens,
             reward_tokens=reward.prompt_tokens + reward.generated_tokens,
             engine_calls=policy.engine_calls + reward.engine_calls,
             flops=FlopsUsage(
@@ -466,6 +487,20 @@ class CompletionService:
                 reward_executed=reward.flops.executed,
                 reward_nominal=reward.flops.nominal,
             ),
+            components={
+                name: ComponentUsage(
+                    engine_calls=cost.engine_calls,
+                    forward_tokens=cost.forward_tokens,
+                    emitting_calls=cost.emitting_calls,
+                    unreported_calls=cost.unreported_calls,
+                    unreported_tokens=cost.unreported_tokens,
+                    engine_tokens=cost.engine_counted_tokens,
+                    flops_executed=cost.flops.executed,
+                    flops_nominal=cost.flops.nominal,
+                )
+                for name, cost in sorted(meter.components.items())
+            }
+            or None,
         )
 
     def record_metrics(self, prepared: PreparedRequest, status: str) -> None:
@@ -477,12 +512,15 @@ class CompletionService:
             metrics.FLOPS.labels(method, component, "executed").inc(cost.flops.executed)
             metrics.FLOPS.labels(method, component, "nominal").inc(cost.flops.nominal)
             metrics.ENGINE_CALLS.labels(method, component).inc(cost.engine_calls)
+            metrics.ENGINE_CALLS_EMITTING.labels(method, component).inc(cost.emitting_calls)
+            metrics.ENGINE_TOKENS.labels(method, component).inc(cost.engine_counted_tokens)
         usage = self.usage(prepared)
         tokens = {
             "prompt": usage.prompt_tokens,
             "completion": usage.completion_tokens,
             "cached": usage.cached_tokens,
             "forward": usage.forward_tokens,
+            "forward_unreported": sum(c.unreported_tokens for c in meter.components.values()),
             "thought": usage.thought_tokens,
             "reward": usage.reward_tokens,
         }

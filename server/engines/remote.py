@@ -27,6 +27,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -329,10 +330,14 @@ class RemoteEngine:
                 )
                 charge = True
                 try:
-                    stream = self._stream(body, headers, call, params, request_id, prompt)
-                    async for output in stream:
-                        call.yielded = True
-                        yield output
+                    # Closed with the call, however it ends: an open stream keeps the replica
+                    # generating (and the charge would wait for the garbage collector).
+                    async with aclosing(
+                        self._stream(body, headers, call, params, request_id, prompt)
+                    ) as stream:
+                        async for output in stream:
+                            call.yielded = True
+                            yield output
                     return
                 except ReplicaError as exc:
                     resume = call.yielded and _resumable(params)
@@ -365,11 +370,14 @@ class RemoteEngine:
     ) -> None:
         """Charge one attempt: its prompt was the call's prompt plus the tokens generated
         before it (`segment`), and it generated the tokens after."""
+        generated = len(call.token_ids) - segment
         meter.record_generation(
             prompt_tokens=len(prompt) + segment,
             cached_tokens=call.cached_tokens or 0,
-            generated_tokens=len(call.token_ids) - segment,
+            generated_tokens=generated,
             component=component,
+            # the replica streamed something back: its engine saw the call
+            reported=generated > 0 or call.finish_reason is not None,
         )
 
     async def _stream(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from vllm.sampling_params import RequestOutputKind
 
@@ -21,15 +22,15 @@ class Baseline(Method):
     ) -> AsyncIterator[ChoiceDelta]:
         params = inp.sampling.to_vllm(seed_offset=index, output_kind=RequestOutputKind.DELTA)
         request_id = f"{ctx.request_id}-{index}"
-        async for output in ctx.engine.generate(
-            inp.prompt_token_ids, params, ctx.meter, request_id=request_id
-        ):
-            completion = output.outputs[0]
-            yield ChoiceDelta(
-                index=index,
-                text=completion.text,
-                token_ids=list(completion.token_ids),
-                logprobs=list(completion.logprobs) if completion.logprobs else None,
-                finish_reason=completion.finish_reason if output.finished else None,
-                stop_reason=completion.stop_reason if output.finished else None,
-            )
+        calls = ctx.engine.generate(inp.prompt_token_ids, params, ctx.meter, request_id=request_id)
+        async with aclosing(calls) as outputs:  # closed (charged) when the consumer stops
+            async for output in outputs:
+                completion = output.outputs[0]
+                yield ChoiceDelta(
+                    index=index,
+                    text=completion.text,
+                    token_ids=list(completion.token_ids),
+                    logprobs=list(completion.logprobs) if completion.logprobs else None,
+                    finish_reason=completion.finish_reason if output.finished else None,
+                    stop_reason=completion.stop_reason if output.finished else None,
+                )

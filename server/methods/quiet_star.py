@@ -9,6 +9,7 @@ string or `max_tokens`. `n` > 1 gives independent samples (the paper votes over 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import ClassVar
 
 from pydantic import BaseModel
@@ -57,8 +58,10 @@ class QuietStar(Method):
         step_ids: list[list[int]] = []
         finish = "length"
         produced = 0
-        stream = decoder.tokens(inp.prompt_token_ids, inp.sampling.max_tokens)
-        try:
+        # Closing the decoder aborts (and charges) the engine request still in flight.
+        async with aclosing(
+            decoder.tokens(inp.prompt_token_ids, inp.sampling.max_tokens)
+        ) as stream:
             async for piece in stream:
                 if params.return_thoughts:
                     thoughts += [ctx.engine.decode(t) for t in piece.thoughts]
@@ -80,8 +83,6 @@ class QuietStar(Method):
                 if delta.stopped_by is not None or piece.eos:
                     finish = "stop"
                     break
-        finally:
-            await stream.aclose()  # aborts an engine request still in flight
         ctx.details.setdefault("quiet_star", []).append(
             {
                 "request": f"{ctx.request_id}-{index}",

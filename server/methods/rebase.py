@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,7 +31,7 @@ from server.engines.base import PolicyEngine
 from server.errors import APIError
 from server.limits import RequestWork
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
-from server.methods.streams import merge_streams
+from server.methods.streams import gather_cancelling, merge_streams
 from server.rebase.aggregation import aggregate, voting_leaves
 from server.rebase.kv import KvUsageReader, engine_kv_layout, expansion_cost
 from server.rebase.params import RebaseParams
@@ -107,15 +108,13 @@ class Rebase(Method):
         )
         final = None
         request_id = engine_request_id(ctx.request_id)
-        async for output in ctx.engine.generate(
-            prompt,
-            params,
-            ctx.meter,
-            request_id=request_id,
-            routing_key=routing_key,
+        call = ctx.engine.generate(
+            prompt, params, ctx.meter, request_id=request_id, routing_key=routing_key,
             priority=priority,
-        ):
-            final = output
+        )  # fmt: skip
+        async with aclosing(call) as outputs:
+            async for output in outputs:
+                final = output
         out = final.outputs[0]
         return GeneratedStep(list(out.token_ids), out.text, out.finish_reason, out.stop_reason)
 
@@ -183,7 +182,7 @@ class _Tree:
         # Seeds are drawn here, in request order, before any job runs: the same tree
         # whatever order the engine finishes the steps in.
         jobs = [self._expand_one(node, next(self._seeds)) for node, k in requests for _ in range(k)]
-        return list(await asyncio.gather(*jobs))
+        return await gather_cancelling(jobs)
 
     async def _expand_one(self, node: Node, seed: int) -> Node:
         child = await self._generate_step(node, seed)

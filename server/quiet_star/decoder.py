@@ -26,6 +26,7 @@ import itertools
 import math
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from vllm import SamplingParams
@@ -177,14 +178,16 @@ class QuietStarDecoder:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         final = None
-        async for output in self.ctx.engine.generate(
+        call = self.ctx.engine.generate(
             context_ids,
             params,
             self.ctx.meter,
             request_id=engine_request_id(self.ctx.request_id),
             routing_key=self.routing_key,
-        ):
-            final = output
+        )
+        async with aclosing(call) as outputs:
+            async for output in outputs:
+                final = output
         self.engine_calls += 1
         completion = final.outputs[0]
         tokens = list(completion.token_ids)
@@ -228,31 +231,33 @@ class QuietStarDecoder:
         round_ids: list[int] = []
         produced = 0
         finish = None
-        async for output in self.ctx.engine.generate(
+        call = self.ctx.engine.generate(
             context_ids,
             params,
             self.ctx.meter,
             request_id=engine_request_id(self.ctx.request_id),
             rollback_steps=steps,
-        ):
-            completion = output.outputs[0]
-            finish = completion.finish_reason
-            pieces: list[Piece] = []
-            for k, token in enumerate(completion.token_ids):
-                round_ids.append(token)
-                if len(round_ids) < steps:
-                    continue
-                logprobs = None
-                if self.sampling.logprobs is not None and completion.logprobs:
-                    logprobs = [_finite(completion.logprobs[k])]
-                pieces.append(
-                    Piece([token], [round_ids[s : s + t]], [round_ids], logprobs=logprobs)
-                )
-                self.ctx.meter.thought_tokens += steps - 1
-                round_ids = []
-            for piece in pieces:
-                produced += 1
-                yield piece
+        )
+        async with aclosing(call) as outputs:  # a caller that stops early aborts the call
+            async for output in outputs:
+                completion = output.outputs[0]
+                finish = completion.finish_reason
+                pieces: list[Piece] = []
+                for k, token in enumerate(completion.token_ids):
+                    round_ids.append(token)
+                    if len(round_ids) < steps:
+                        continue
+                    logprobs = None
+                    if self.sampling.logprobs is not None and completion.logprobs:
+                        logprobs = [_finite(completion.logprobs[k])]
+                    pieces.append(
+                        Piece([token], [round_ids[s : s + t]], [round_ids], logprobs=logprobs)
+                    )
+                    self.ctx.meter.thought_tokens += steps - 1
+                    round_ids = []
+                for piece in pieces:
+                    produced += 1
+                    yield piece
         self.ctx.meter.thought_tokens += len(round_ids)  # a round the engine cut short
         if finish == "length" and produced < max_tokens:
             self.truncated = True  # the next step would not have fit in max_model_len
@@ -272,24 +277,26 @@ class QuietStarDecoder:
             output_kind=RequestOutputKind.DELTA,
         )
         self.engine_calls += 1
-        async for output in self.ctx.engine.generate(
+        call = self.ctx.engine.generate(
             context_ids,
             params,
             self.ctx.meter,
             request_id=engine_request_id(self.ctx.request_id),
             routing_key=self.routing_key,
-        ):
-            completion = output.outputs[0]
-            ended = completion.finish_reason == "stop" and not isinstance(
-                completion.stop_reason, str
-            )
-            ids = list(completion.token_ids)
-            step_end = isinstance(completion.stop_reason, str)
-            if ids or ended or step_end:
-                logprobs = None
-                if completion.logprobs:
-                    logprobs = [_finite(top) for top in completion.logprobs]
-                yield Piece(ids, eos=ended, step_end=step_end, logprobs=logprobs)
+        )
+        async with aclosing(call) as outputs:  # a caller that stops early aborts the call
+            async for output in outputs:
+                completion = output.outputs[0]
+                ended = completion.finish_reason == "stop" and not isinstance(
+                    completion.stop_reason, str
+                )
+                ids = list(completion.token_ids)
+                step_end = isinstance(completion.stop_reason, str)
+                if ids or ended or step_end:
+                    logprobs = None
+                    if completion.logprobs:
+                        logprobs = [_finite(top) for top in completion.logprobs]
+                    yield Piece(ids, eos=ended, step_end=step_end, logprobs=logprobs)
 
     async def tokens(
         self, prompt_ids: list[int], max_tokens: int, step_ends: list[str] | None = None
@@ -307,8 +314,11 @@ class QuietStarDecoder:
             if limit - len(context) < self.steps:  # not even one step fits
                 self.truncated = True
                 return
-            async for piece in self.continue_sequence(context, max_tokens):
-                yield piece
+            # Nested generators are closed explicitly: `async for` left early (the caller
+            # closing this one) would leave them, and their engine call, to the collector.
+            async with aclosing(self.continue_sequence(context, max_tokens)) as pieces:
+                async for piece in pieces:
+                    yield piece
             return
         at_step_start = True
         while len(visible) < max_tokens:
@@ -330,11 +340,13 @@ class QuietStarDecoder:
             if remaining <= 0:
                 self.truncated = True
                 return
-            async for piece in self.plain(context + visible, remaining, step_ends, len(visible)):
-                visible += piece.token_ids
-                yield piece
-                if piece.eos:
-                    return
+            plain = self.plain(context + visible, remaining, step_ends, len(visible))
+            async with aclosing(plain) as pieces:
+                async for piece in pieces:
+                    visible += piece.token_ids
+                    yield piece
+                    if piece.eos:
+                        return
             at_step_start = True
 
 

@@ -36,6 +36,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from server.rewards.base import RewardModel
@@ -212,10 +213,12 @@ class PolicyJudgeRewardModel(RewardModel):
 
     async def _judge(self, question: str, steps: tuple[str, ...], meter: UsageMeter) -> float:
         final = None
-        async for output in self.engine.generate(
+        call = self.engine.generate(
             self._prompt_ids(question, steps), self.sampling_params(), meter, component="reward"
-        ):
-            final = output
+        )
+        async with aclosing(call) as outputs:
+            async for output in outputs:
+                final = output
         if final is None or not final.outputs or not final.outputs[0].logprobs:
             return NEUTRAL
         yes, no = self.label_ids

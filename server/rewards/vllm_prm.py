@@ -272,7 +272,8 @@ def build_prm_engine_args(
         enforce_eager=config.enforce_eager,
         gpu_memory_utilization=config.gpu_memory_utilization,
         trust_remote_code=config.trust_remote_code,
-        # Stats off: a second engine with stats on would unregister the policy's vllm:* series.
+        # vLLM's loggers off: a second engine's would unregister the policy's vllm:* series
+        # (its tokens are counted by server/rewards/prm_stats.py instead).
         disable_log_stats=True,
         **kwargs,
     )
@@ -307,6 +308,8 @@ class VllmProcessRewardModel(RewardModel):
         from vllm.tokenizers import get_tokenizer
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from server.rewards.prm_stats import PrmTokenLogger
+
         cfg = self.config
         self.tokenizer = get_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
         self.step_tag_id = resolve_step_tag_id(self.tokenizer, cfg.tag)
@@ -321,7 +324,8 @@ class VllmProcessRewardModel(RewardModel):
             "starting PRM engine %s (%s, tag id %d)", cfg.model, cfg.style, self.step_tag_id
         )
         with _cpu_kv_cache_space(cfg.kv_cache_gib if current_platform.is_cpu() else None):
-            self.llm = AsyncLLM.from_engine_args(args)
+            # its own token counter (vLLM's default loggers stay off: see build_prm_engine_args)
+            self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[PrmTokenLogger])
         self.max_model_len = self.llm.model_config.max_model_len
         self.flops = _flops_model(self.llm.model_config.hf_config)
         return self

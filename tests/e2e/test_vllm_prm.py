@@ -9,6 +9,7 @@ generate (tests/unit/test_reward_models.py covers the judge against a fake engin
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import torch
+from prometheus_client import REGISTRY
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2Model
 
 from server.rewards.base import check_scores
@@ -126,6 +128,25 @@ async def test_scores_equal_transformers_and_charge_the_meter(shepherd) -> None:
     assert cost.generated_tokens == 0
     assert cost.flops.executed > 0 and meter.reward_flops is prm.flops
     assert meter.component("policy").engine_calls == 0
+
+
+async def test_the_prm_engines_own_counter_equals_its_charge(shepherd) -> None:
+    """The PRM engine's tokens, checked against a stat logger of its own (vLLM's are off on
+    this engine): what the meter charged the reward component is what the engine counted."""
+    prm, _ = shepherd
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("thinkscale_prm_iteration_tokens_total") or 0.0
+
+    before = counted()
+    meter = UsageMeter(policy_flops=prm.flops)
+    await prm.score(QUESTION, [*PATHS, ["A path the engine has not seen."]], meter=meter)
+    charged = meter.component("reward").engine_counted_tokens
+    for _ in range(100):  # vLLM's loggers run after the outputs are handed over
+        if counted() - before == charged:
+            break
+        await asyncio.sleep(0.05)
+    assert counted() - before == charged > 0
 
 
 async def test_batching_and_repeats_do_not_change_scores(shepherd) -> None:

@@ -1,0 +1,53 @@
+"""The measurement-time accounting check (loadtest/harness/accounting.py) on synthetic scrapes."""
+
+from __future__ import annotations
+
+from loadtest.harness import accounting
+
+ENGINE = 'thinkscale_engine_tokens_total{component="policy",method="baseline"}'
+VLLM = 'vllm:iteration_tokens_total_sum{engine="0",model_name="m"}'
+
+
+def samples(vllm: float, ours: float, preempted: float = 0.0) -> dict[str, float]:
+    return {
+        VLLM: vllm,
+        ENGINE: ours,
+        'thinkscale_tokens_total{kind="forward",method="baseline"}': ours - 1,
+        'vllm:num_preemptions_total{engine="0"}': preempted,
+        "vllm:num_requests_running": 0.0,
+    }
+
+
+def test_totals_that_add_up_match() -> None:
+    result = accounting.check(samples(100, 90), samples(150, 140))
+    assert result["matches"] is True
+    assert result["vllm_iteration_tokens"] == result["gateway_engine_tokens"] == 50
+    assert "add up" in accounting.report_line(result)
+
+
+def test_a_mismatch_is_flagged_loudly() -> None:
+    result = accounting.check(samples(100, 90), samples(150, 139))
+    assert result["matches"] is False
+    assert "MISMATCH" in accounting.report_line(result)
+    line = accounting.sessions_line([{"side": "fair8", "round": 2, "accounting": result}])
+    assert line is not None and "MISMATCH" in line and "fair8 round 2" in line
+
+
+def test_preemption_or_a_plain_vllm_server_leaves_it_unchecked() -> None:
+    assert accounting.check(samples(0, 0), samples(10, 10, preempted=1))["matches"] is None
+    plain = {VLLM: 5.0}
+    result = accounting.check(plain, {VLLM: 9.0})
+    assert result["matches"] is None and "not checked" in accounting.report_line(result)
+    assert accounting.sessions_line([{"side": "a"}]) is None  # results older than the check
+
+
+def test_idle_samples_waits_for_the_counter_to_settle() -> None:
+    scrapes = iter([samples(10, 10), samples(12, 12), samples(12, 12)])
+    got = accounting.idle_samples("http://x", poll_s=0, scrape=lambda url: next(scrapes))
+    assert got[VLLM] == 12
+
+
+def test_a_server_that_cannot_be_scraped_does_not_fail_the_run() -> None:
+    with accounting.Window("http://127.0.0.1:9", timeout_s=1) as window:
+        pass
+    assert window.result["matches"] is None and "cannot scrape" in window.result["note"]
