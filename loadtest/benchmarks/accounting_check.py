@@ -75,11 +75,11 @@ def measure(args: argparse.Namespace, save: cli.Save) -> dict[str, Any]:
         max_model_len=None,
     )
     rows = []
-    with start_gateway(engine, cli.logs_dir(args) / "gateway.log") as gw:
-        with accounting.Window(gw.url) as window:
-            for label, body in REQUESTS:
-                rows.append({"request": label, **run_one(gw.url, engine.name(), body)})
-                save({"rows": rows})
+    log = cli.logs_dir(args) / "gateway.log"
+    with start_gateway(engine, log) as gw, accounting.Window(gw.url) as window:
+        for label, body in REQUESTS:
+            rows.append({"request": label, **run_one(gw.url, engine.name(), body)})
+            save({"rows": rows})
     return {
         "settings": vars(args) | {"out": str(args.out)},
         "rows": rows,
