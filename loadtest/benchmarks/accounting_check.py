@@ -24,27 +24,37 @@ from loadtest.harness.servers import EngineSettings, start_gateway
 from loadtest.harness.tables import markdown_table
 
 NAME = "accounting_check"
-PROMPT = (
+GSM8K = (
     "Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
     "in May. How many clips did Natalia sell altogether in April and May?\nA:"
 )
+# SmolLM2-Instruct's chat format: it answers briefly and ends with its EOS (<|im_end|>).
+CHAT = "<|im_start|>user\nWhat is 7 + 5? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n"
 QUIET_STAR = {"method": "quiet_star", "max_tokens": 48}
 REQUESTS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("quiet_star, seed 1", {**QUIET_STAR, "seed": 1}),
-    ("quiet_star, seed 2", {**QUIET_STAR, "seed": 2}),
-    ("quiet_star, seed 3", {**QUIET_STAR, "seed": 3}),
-    ('quiet_star, stop ["."]', {**QUIET_STAR, "seed": 1, "stop": ["."]}),
-    ("quiet_star, stream + include_usage", {**QUIET_STAR, "seed": 1, "stream": True}),
+    ("baseline, chat prompt", {"method": "baseline", "max_tokens": 48, "seed": 1, "prompt": CHAT}),
+    ("quiet_star, chat prompt, seed 1", {**QUIET_STAR, "seed": 1, "prompt": CHAT}),
+    ("quiet_star, chat prompt, seed 2", {**QUIET_STAR, "seed": 2, "prompt": CHAT}),
+    ("quiet_star, GSM8K prompt, seed 3", {**QUIET_STAR, "seed": 3, "prompt": GSM8K}),
     (
-        "quiet_star+rebase, width 3",
-        {"method": "quiet_star+rebase", "seed": 1, "max_tokens": 48, "rebase": {"width": 3}},
+        'quiet_star, GSM8K prompt, stop ["."]',
+        {**QUIET_STAR, "seed": 1, "stop": ["."], "prompt": GSM8K},
     ),
-)
+    (
+        "quiet_star, chat prompt, stream + include_usage",
+        {**QUIET_STAR, "seed": 1, "stream": True, "prompt": CHAT},
+    ),
+    (
+        "quiet_star+rebase, width 3, GSM8K prompt",
+        {"method": "quiet_star+rebase", "seed": 1, "max_tokens": 48, "rebase": {"width": 3},
+         "prompt": GSM8K},
+    ),
+)  # fmt: skip
 
 
 def run_one(url: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
     """One request's finish reason and usage (the final usage chunk when streamed)."""
-    body = {"model": model, "prompt": PROMPT, **body}
+    body = {"model": model, **body}
     with httpx.Client(base_url=url, timeout=1800) as http:
         if not body.get("stream"):
             response = http.post("/v1/completions", json=body)
