@@ -74,6 +74,7 @@ SOURCES: dict[str, Source] = {
     "quiet_star_coherence": _bench("quiet_star_coherence", "quiet_star_bench", "coherence "),
     "remote_hop": _bench("remote_hop", "remote_hop", ""),
     "cpu_binding": _bench("cpu_binding", "cpu_binding", ""),
+    "accounting_check": _bench("accounting_check", "accounting_check", ""),
     # On a lent GPU (no CI machine has one); the command runs every GPU-only check.
     "gpu_checks": Source(
         "docs/data/gpu_checks_h200.json",
@@ -101,7 +102,8 @@ def _benchmark_block(name: str) -> str:
     p = payload.get("provenance") or {}
     note = (
         f"From [{source.data}](../{source.data}), {p.get('date_utc', '?')}, commit "
-        f"`{(p.get('git_commit') or '?')[:10]}`{tree_note(p)}{machine_note(p)}: "
+        f"`{(p.get('git_commit') or '?')[:10]}`{tree_note(p)}{machine_note(p)}"
+        f"{accounting_note(p)}: "
         f"`{p.get('command', source.command)}`"
     )
     if payload.get("partial"):
@@ -116,6 +118,18 @@ def tree_note(p: dict[str, Any]) -> str:
     digest = p.get("git_diff_sha256")
     detail = f"diff sha256 `{digest[:12]}`" if digest else "changes not recorded"
     return f" (**dirty tree**: {detail})"
+
+
+def accounting_note(p: dict[str, Any]) -> str:
+    """Whether the run's FLOPs add up: each gateway's charge against vLLM's own counter."""
+    acc = p.get("accounting") or {}
+    if not acc.get("checked"):
+        return ""
+    if acc.get("mismatches"):
+        return (
+            f" (**accounting MISMATCH** in {len(acc['mismatches'])} of {acc['checked']} gateways)"
+        )
+    return f"; accounting adds up ({acc['checked']} gateway{'s' if acc['checked'] > 1 else ''})"
 
 
 def machine_note(p: dict[str, Any]) -> str:
