@@ -207,6 +207,30 @@ def adopt_sides(result: dict[str, Any]) -> None:
             record_side(kind, report, entry.get("starts", 1))
 
 
+_ACCOUNTING: list[dict[str, Any]] = []
+
+
+def measuring() -> bool:
+    """True inside a benchmark run (its tree is pinned), where servers record their windows."""
+    return _PINNED is not None
+
+
+def record_accounting(kind: str, result: dict[str, Any]) -> None:
+    """One server lifetime's accounting window (loadtest/harness/accounting.py)."""
+    _ACCOUNTING.append({"kind": kind, **result})
+
+
+def accounting_summary() -> dict[str, Any]:
+    """Every server window of the run: how many were checked and which did not add up."""
+    checked = [a for a in _ACCOUNTING if a.get("matches") is not None]
+    return {
+        "windows": len(_ACCOUNTING),
+        "checked": len(checked),
+        "mismatches": [a for a in checked if not a["matches"]],
+        "unchecked": sorted({a.get("note", "") for a in _ACCOUNTING if a.get("matches") is None}),
+    }
+
+
 def sides() -> dict[str, list[dict[str, Any]]]:
     return {kind: [dict(e) for e in entries] for kind, entries in _SIDES.items()}
 
@@ -216,3 +240,4 @@ def reset() -> None:
     global _PINNED
     _PINNED = None
     _SIDES.clear()
+    _ACCOUNTING.clear()

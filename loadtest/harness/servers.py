@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from loadtest.harness.provenance import engine_report, record_side
+from loadtest.harness.provenance import engine_report, measuring, record_accounting, record_side
 from server.config import default_cpu_threads_bind, omp_threads_bind_value
 from server.vllm_cli import COMMAND as VLLM_CLI_COMMAND
 
@@ -98,6 +98,9 @@ class ServerProcess:
     model_dir: Path | None = None
     started_in_s: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+    # In a benchmark run: the gateway's /metrics once it was idle after its start, so its whole
+    # lifetime is one accounting window (checked when it stops).
+    accounting_before: dict[str, float] | None = None
 
     @property
     def base_url(self) -> str:
@@ -108,6 +111,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM to the server's process group, SIGKILL if stuck, then SIGKILL to stragglers."""
+        self._check_accounting()
         if self.process.poll() is None:
             self._signal_group(signal.SIGTERM)
             try:
@@ -116,6 +120,19 @@ class ServerProcess:
                 self._signal_group(signal.SIGKILL)
                 self.process.wait()
         self._signal_group(signal.SIGKILL)
+
+    def _check_accounting(self) -> None:
+        """Close this server's accounting window (see ``accounting_before``), once."""
+        before, self.accounting_before = self.accounting_before, None
+        if before is None or self.process.poll() is not None:
+            return
+        from loadtest.harness import accounting
+
+        try:
+            result = accounting.check(before, accounting.idle_samples(self.url))
+        except Exception as exc:  # never fail a run for its check
+            result = {"matches": None, "note": f"cannot scrape /metrics: {exc}"}
+        record_accounting(self.kind, result)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -198,6 +215,10 @@ def _start_once(
                     server.started_in_s = time.monotonic() - started
                     # What its engine runs, as it reports it (every result file says so).
                     record_side(kind, engine_report(server.log()))
+                    if kind == "gateway" and measuring():
+                        from loadtest.harness.accounting import idle_samples
+
+                        server.accounting_before = idle_samples(server.url)
                     return server
             time.sleep(0.5)
         raise RuntimeError(f"{kind} not healthy in {timeout:g}s:\n{log_path.read_text()[-4000:]}")

@@ -51,3 +51,32 @@ def test_a_server_that_cannot_be_scraped_does_not_fail_the_run() -> None:
     with accounting.Window("http://127.0.0.1:9", timeout_s=1) as window:
         pass
     assert window.result["matches"] is None and "cannot scrape" in window.result["note"]
+
+
+def test_a_benchmark_gateway_lifetime_is_one_checked_window(tmp_path, monkeypatch) -> None:
+    """In a benchmark run every gateway the harness stops closes an accounting window, and
+    the result's provenance says whether each added up."""
+    import subprocess
+    import sys
+
+    from loadtest.harness import accounting as acc
+    from loadtest.harness import provenance
+    from loadtest.harness.servers import ServerProcess
+
+    provenance.reset()
+    before = {"vllm:iteration_tokens_total_sum": 10.0, "thinkscale_engine_tokens_total": 10.0}
+    after = {"vllm:iteration_tokens_total_sum": 25.0, "thinkscale_engine_tokens_total": 24.0}
+    monkeypatch.setattr(acc, "idle_samples", lambda url, **kw: after)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    server = ServerProcess("gateway", "http://127.0.0.1:9", process, tmp_path / "log", [])
+    server.accounting_before = before
+    server.stop(timeout=5)
+    summary = provenance.accounting_summary()
+    assert summary["windows"] == 1 and summary["checked"] == 1
+    (bad,) = summary["mismatches"]
+    assert bad["vllm_iteration_tokens"] == 15 and bad["gateway_engine_tokens"] == 14
+    server.stop(timeout=5)  # stopping twice closes no second window
+    assert provenance.accounting_summary()["windows"] == 1
+    provenance.reset()
