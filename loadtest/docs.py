@@ -47,7 +47,7 @@ SOURCES: dict[str, Source] = {
     "gateway_overhead": _bench("gateway_overhead", "gateway_overhead", ""),
     "rebase_throughput": _bench("rebase_throughput", "rebase_bench", "throughput --best-of-n "),
     "rebase_hf": _bench("rebase_hf", "rebase_bench", "hf --questions 2 "),
-    # The scheduler under a load where it matters (issue 10): width x trees >> max_num_seqs.
+    # The scheduler under a load where it matters: width x trees >> max_num_seqs.
     "rebase_scheduler": _bench(
         "rebase_scheduler",
         "rebase_bench",

@@ -14,7 +14,7 @@ which aborts their engine requests, and withdraws the ones still queued.
 Slot accounting (docs/architecture.md): a slot is taken only by `_grant`, which marks the
 ticket granted, and given back only by the task that holds the ticket, once. A cancelled
 waiter's future is cancelled at once, but its task runs its cleanup only on a later loop turn;
-a slot freed in between must skip such a ticket, never hand it the slot (issue 9: the grant
+a slot freed in between must skip such a ticket, never hand it the slot (once, the grant
 raised InvalidStateError and the slot was lost for good).
 
 `PriorityScheduler` (below) keeps this accounting and changes only *which* ticket goes next and
