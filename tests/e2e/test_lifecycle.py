@@ -103,18 +103,12 @@ def streamed_text(events: list) -> str:
 def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(own_gateway) -> None:
     gw = own_gateway("--shutdown-grace-s", "300")
     client = openai_client(gw)
-    # Four kinds of request, each long enough (tens of seconds alone on the tiny model) to still
-    # run while the next ones are sent; each is sent once the previous one is in flight, so
-    # all four are in flight when the signal comes, however fast or slow the machine is.
+    # Four kinds of request, each sent once the previous one is in flight, so all four are in
+    # flight when the signal comes. Slowest first (on a 2-core CPU, all four together: Quiet-STaR
+    # ~39 s, REBASE ~18 s, the batched baseline ~16 s): the quickest goes last and the signal
+    # follows the moment it is in flight. Sent first, the baseline once ended while the slower
+    # ones were still being admitted on a loaded machine.
     requests: dict[str, Callable[[], object]] = {
-        "baseline": lambda: client.completions.create(
-            model="tiny",
-            prompt=[PROMPT] * 4,
-            max_tokens=1000,
-            temperature=0.8,
-            n=16,
-            extra_body={"ignore_eos": True},
-        ),
         "quiet_star": lambda: client.completions.create(
             model="tiny",
             prompt=PROMPT,
@@ -142,14 +136,22 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(own_gateway) -> 
                 "max_tokens": 960,
                 "ignore_eos": True,
                 "method": "rebase",
-                # A delimiter the model never writes: 60 levels of 16-token steps.
+                # A delimiter the model never writes: 60 levels of 16-token steps, 32 leaves.
                 "rebase": {
-                    "width": 16,
+                    "width": 32,
                     "max_depth": 60,
                     "max_step_tokens": 16,
                     "step_delimiter": "\n\n\n\n",
                 },
             },
+        ),
+        "baseline": lambda: client.completions.create(
+            model="tiny",
+            prompt=[PROMPT] * 4,
+            max_tokens=1000,
+            temperature=0.8,
+            n=16,
+            extra_body={"ignore_eos": True},
         ),
     }
     with ThreadPoolExecutor(len(requests)) as pool:
