@@ -70,7 +70,7 @@ RUN if [ "${VARIANT}" = cpu ]; then \
     else \
       pip install ".[gpu${EXTRAS}]"; \
     fi \
-    && python -c "import server.app, vllm, transformers" \
+    && python -c "import server.app.factory, vllm, transformers" \
     && thinkscale-vllm --version
 
 # Run as an unprivileged user; /data holds the converted model and any downloaded weights.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from loadtest.data import Problem
-from server.vllm_cli import COMMAND as VLLM_CLI_COMMAND
+from server.app.vllm_cli import COMMAND as VLLM_CLI_COMMAND
 
 
 def bench_lines(
@@ -52,7 +52,7 @@ def write_bench_dataset(
 
 def bench_command(path: Path, url: str, count: int, method: str = "baseline") -> str:
     """The `vllm bench serve` command line that replays the file against the gateway, spelled
-    with `thinkscale-vllm` (vLLM's CLI on either build: server/vllm_cli.py)."""
+    with `thinkscale-vllm` (vLLM's CLI on either build: server/app/vllm_cli.py)."""
     extra = json.dumps({"method": method})
     return (
         f"{VLLM_CLI_COMMAND} bench serve --backend openai "

@@ -118,7 +118,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         choices=("auto", "first_integer", "seed"),
         help="answer extraction (default: the protocol's, 'seed' for --protocol seed = the "
         "seed's first integer; first_integer with --answer-suffix; "
-        "else auto = server.answers.extract_answer)",
+        "else auto = server.core.answers.extract_answer)",
     )
     g.add_argument(
         "--rebase-aggregation",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.answers import normalize_number
+from server.core.answers import normalize_number
 
 if TYPE_CHECKING:
     from datasets import Dataset

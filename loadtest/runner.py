@@ -25,7 +25,7 @@ from loadtest.data import Problem
 from loadtest.harness.driver import drive
 from loadtest.protocols import MethodConfig
 from loadtest.records import Record
-from server.answers import answers_match, extract_answer, first_integer
+from server.core.answers import answers_match, extract_answer, first_integer
 
 Extractor = Literal["auto", "first_integer", "seed"]
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {

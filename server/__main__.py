@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from server.app import create_app
-from server.config import Settings
-from server.exposure import EXIT_INSECURE, insecure_exposure
-from server.logging_setup import configure_logging
-from server.serve import run
+from server.app.exposure import EXIT_INSECURE, insecure_exposure
+from server.app.factory import create_app
+from server.app.logging_setup import configure_logging
+from server.app.serve import run
+from server.core.config import Settings
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,8 +33,8 @@ __all__ = [
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Where the suite ran and which dtypes it tests, at the top of every run (CI's too): the
     CPU decides which kernels vLLM takes, and bf16 crashed on one kind of CPU only."""
-    from server.config import cpu_flags, has_native_bf16
-    from server.dtype_probe import cpu_model
+    from server.app.dtype_probe import cpu_model
+    from server.core.config import cpu_flags, has_native_bf16
 
     flags = " ".join(f"{name}={'yes' if on else 'no'}" for name, on in cpu_flags().items())
     return [

@@ -46,7 +46,7 @@ class QuietStarMistralForCausalLM(MistralForCausalLM):
         config = vllm_config.model_config.hf_config
         size = config.hidden_size
         self.thought_embeddings = getattr(config, KEY_THOUGHT_EMBEDDINGS, "eval")
-        # Set by the gateway, which checked it (server/quiet_star/checkpoint_setup.py); a bare
+        # Set by the gateway, which checked it (kernels/quiet_star/checkpoint_setup.py); a bare
         # `vllm serve` replica encodes "---" itself, as the reference does.
         self.init_token_id = getattr(config, KEY_INIT_TOKEN_ID, None)
         # Names and shapes exactly as in the checkpoint (top level of the causal-LM module).

@@ -1,7 +1,7 @@
 """The Quiet-STaR logits processor, vLLM Model Runner V2 interface (vLLM's GPU default).
 
 Model Runner V2 refuses V1-interface processors at engine start, so a GPU engine either pins
-the V1 runner or loads this class (`--model-runner`, server/config.py). The step machine is
+the V1 runner or loads this class (`--model-runner`, server/core/config.py). The step machine is
 the V1 processor's (kernels/quiet_star/step_machine.py); what differs is how a row's request
 and round step are found:
 

@@ -34,7 +34,7 @@ from loadtest.harness import cli
 from loadtest.harness.provenance import record_hf_side
 from loadtest.harness.results import write_result
 from loadtest.harness.servers import EngineSettings
-from server.answers import extract_answer
+from server.core.answers import extract_answer
 from server.rebase.aggregation import aggregate
 from server.rebase.params import RebaseParams
 from server.rebase.search import rebase_search

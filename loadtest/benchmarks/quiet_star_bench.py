@@ -44,7 +44,7 @@ from loadtest.harness.results import spread
 from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import REPO, metric_total, start_gateway
 from loadtest.harness.tables import cell, fmt, fmt_spread, markdown_table
-from server.answers import answers_match, extract_answer
+from server.core.answers import answers_match, extract_answer
 from server.quiet_star.delimiters import resolve_delimiters
 
 ONE_TOKEN_DELIMITERS = "<|im_start|>,<|im_end|>"  # one token each in SmolLM2 (and tiny)

@@ -49,7 +49,7 @@ from loadtest.harness.results import by_side, spread
 from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import REPO, metric_total, scrape_metrics, start_gateway
 from loadtest.harness.tables import fmt, fmt_spread, markdown_table
-from server.answers import answers_match
+from server.core.answers import answers_match
 
 CONFIG_RE = re.compile(r"^(priority|fair|direct)(\d+)(?:-share(\d+))?$")
 RUNNING_GAUGE = "vllm:num_requests_running"
@@ -120,7 +120,7 @@ def _match_config(name: str) -> tuple[str, int, int | None]:
 def tree_prompt_tokens(usage: dict[str, Any], tree: dict[str, Any]) -> int:
     """Prompt tokens summed over every engine call of one REBASE request.
 
-    The usage meter (server/usage.py) charges each call ``forward = prompt - cached +
+    The usage meter (server/core/usage.py) charges each call ``forward = prompt - cached +
     max(generated - 1, 0)``; every step call generates at least one token, and the generated
     tokens of all calls are the tree's ``tree_tokens``, so
     ``sum(prompt) = forward + cached - tree_tokens + engine_calls``. Valid while the reward

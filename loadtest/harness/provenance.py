@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from server.config import RECORDED_CPU_FLAGS
+from server.core.config import RECORDED_CPU_FLAGS
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@
 One launcher for benchmarks and the test fixtures (``tests/conftest.py``): a server runs in a
 session of its own, is healthy when ``/health`` answers 200, and is stopped with its whole
 process group (vLLM's engine core and workers included). Both kinds get the same engine knobs
-from one :class:`EngineSettings`, mirroring ``server/engine.py: build_engine_args``.
+from one :class:`EngineSettings`, mirroring ``server/engines/inprocess.py: build_engine_args``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 
 from loadtest.harness.provenance import engine_report, measuring, record_accounting, record_side
-from server.config import default_cpu_threads_bind, omp_threads_bind_value
-from server.vllm_cli import COMMAND as VLLM_CLI_COMMAND
+from server.app.vllm_cli import COMMAND as VLLM_CLI_COMMAND
+from server.core.config import default_cpu_threads_bind, omp_threads_bind_value
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 @dataclass(frozen=True)
 class EngineSettings:
     """Engine knobs both kinds of server get. None = the gateway's own default
-    (``server/config.py``); ``model=None`` is the embedded SmolLM2-135M-Instruct."""
+    (``server/core/config.py``); ``model=None`` is the embedded SmolLM2-135M-Instruct."""
 
     model: str | None = None
     served_name: str | None = None
@@ -45,8 +45,8 @@ class EngineSettings:
         """A local folder or hub id for ``vllm serve`` (which has no embedded default)."""
         if self.model is not None:
             return self.model
-        from server.config import Settings
-        from server.embedded_model import ensure_served_embedded_model
+        from server.core.config import Settings
+        from server.engines.embedded_model import ensure_served_embedded_model
 
         return str(ensure_served_embedded_model(Settings().cache_dir))
 
@@ -54,7 +54,7 @@ class EngineSettings:
         if self.served_name:
             return self.served_name
         if self.model is None:
-            from server.embedded_model import EMBEDDED_MODEL_NAME
+            from server.engines.embedded_model import EMBEDDED_MODEL_NAME
 
             return EMBEDDED_MODEL_NAME
         return Path(self.model).name
@@ -155,7 +155,7 @@ def gateway_command(engine: EngineSettings, port: int, *extra_args: str) -> list
 
 def vllm_cli() -> str:
     """The ``thinkscale-vllm`` console script of this environment: vLLM's CLI on either build
-    (server/vllm_cli.py), the command docs/scaling.md tells operators to run replicas with."""
+    (server/app/vllm_cli.py), the command docs/scaling.md tells operators to run replicas with."""
     return str(Path(sys.executable).with_name(VLLM_CLI_COMMAND))
 
 
@@ -262,7 +262,7 @@ def start_vllm_serve(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     # The cores the gateway's own engine would use by default, so both sides of a comparison
-    # run the model on the same cores (server/config.py, default_cpu_threads_bind).
+    # run the model on the same cores (server/core/config.py, default_cpu_threads_bind).
     bind = omp_threads_bind_value(default_cpu_threads_bind())
     if bind is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
@@ -275,9 +275,9 @@ def start_vllm_serve(
 
 def warm_up_replica(server: ServerProcess, engine: EngineSettings) -> None:
     """`vllm serve` says healthy before its first forward pass; run a prefill and a few decode
-    steps before a measurement trusts it (as the gateway's own warm-up does, server/warmup.py),
+    steps before a measurement trusts it (as the gateway's own warm-up does, server/app/warmup.py),
     and fail with what ran (model, dtype, KV size) and how the replica ended."""
-    from server.dtype_probe import PROBE_PROMPT, describe_exit
+    from server.app.dtype_probe import PROBE_PROMPT, describe_exit
 
     body = {
         "model": engine.name(), "prompt": PROBE_PROMPT, "max_tokens": 4,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
-from server.config import Settings
+from server.core.config import Settings
 
 
 def load_api_keys(settings: Settings) -> tuple[bytes, ...]:

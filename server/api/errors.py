@@ -2,7 +2,7 @@
 
 Why: clients (the openai package, load-test tools) parse this shape; FastAPI's default 422
 body would surface as an unhelpful generic error. Bad input is always a 4xx naming the
-field; only our own bugs may become a 500. `APIError` itself lives in `server.errors` so that
+field; only our own bugs may become a 500. `APIError` itself lives in `server.core.errors` so that
 code below the HTTP layer can raise it; this module maps it (and every other exception) to
 a response.
 """
@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vllm.exceptions import VLLMClientError, VLLMValidationError
 
 from server.api.protocol import ErrorBody, ErrorResponse
-from server.errors import APIError
+from server.core.errors import APIError
 
 logger = logging.getLogger(__name__)
 

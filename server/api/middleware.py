@@ -15,8 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.auth import is_authorized
 from server.api.errors import error_response
-from server.errors import APIError
-from server.tracing import REQUEST_ID, accept_request_id
+from server.core.errors import APIError
+from server.core.request_ids import REQUEST_ID, accept_request_id
 
 REQUEST_ID_HEADER = "x-request-id"
 # On a refusal whose body we did not read: close the connection. Otherwise uvicorn keeps it

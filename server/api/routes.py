@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from server.api.health import health_report
 from server.api.protocol import CompletionRequest, ModelCard, ModelList
 from server.api.serving import CompletionService
-from server.errors import APIError
-from server.health import health_report
+from server.core.errors import APIError
 from server.methods import method_names
 from server.quiet_star.served_model import quiet_star_card
 

@@ -26,9 +26,9 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from vllm.exceptions import VLLMClientError
 
-from server import metrics
 from server.api.cancellation import ClientDisconnected, run_unless_disconnected
 from server.api.errors import error_payload, vllm_error
+from server.api.lifecycle import Lifecycle
 from server.api.logprobs import LogprobsBuilder
 from server.api.protocol import (
     CompletionChoice,
@@ -42,16 +42,16 @@ from server.api.protocol import (
     FlopsUsage,
     find_lone_surrogate,
 )
-from server.config import Settings
+from server.core import metrics
+from server.core.config import Settings
+from server.core.errors import APIError
+from server.core.limits import check_request_work
+from server.core.usage import UsageMeter
 from server.engines.base import PolicyEngine
-from server.errors import APIError
-from server.lifecycle import Lifecycle
-from server.limits import check_request_work
 from server.methods import METHODS, parameter_blocks
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput, SamplingSpec
+from server.methods.resources import Resources
 from server.methods.streams import merge_streams
-from server.resources import Resources
-from server.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
 

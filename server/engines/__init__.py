@@ -1,4 +1,4 @@
-"""Policy engines behind one interface: in-process vLLM (server/engine.py) or remote replicas.
+"""Policy engines behind one interface: in-process vLLM (server/engines/inprocess.py) or remote replicas.
 
 See server/engines/base.py for the interface and docs/scaling.md for the remote deployment.
 """
@@ -15,6 +15,6 @@ def start_policy_engine(settings) -> PolicyEngine:
         from server.engines.remote import RemoteEngine
 
         return RemoteEngine.start(settings)
-    from server.engine import Engine
+    from server.engines.inprocess import Engine
 
     return Engine.start(settings)

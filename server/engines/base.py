@@ -1,7 +1,7 @@
 """The policy-engine interface every method runs on, whichever engine serves it.
 
 Why a Protocol: methods (server/methods/) drive the engine only through `generate` and a few
-facts about the model; the in-process AsyncLLM (server/engine.py) and the remote engine that
+facts about the model; the in-process AsyncLLM (server/engines/inprocess.py) and the remote engine that
 speaks vLLM's OpenAI API to `vllm serve` replicas (server/engines/remote.py) both satisfy it,
 so a method never knows which one it runs on (docs/scaling.md).
 
@@ -18,8 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 from vllm import SamplingParams
 from vllm.outputs import RequestOutput
 
-from server.flops import FlopsModel
-from server.usage import Component, UsageMeter
+from server.core.flops import FlopsModel
+from server.core.usage import Component, UsageMeter
 
 
 @runtime_checkable

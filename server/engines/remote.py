@@ -37,11 +37,11 @@ from vllm.logprobs import Logprob
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
 
-from server.config import Settings
-from server.errors import APIError
-from server.flops import FlopsModel
-from server.tracing import engine_request_id
-from server.usage import Component, UsageMeter
+from server.core.config import Settings
+from server.core.errors import APIError
+from server.core.flops import FlopsModel
+from server.core.request_ids import engine_request_id
+from server.core.usage import Component, UsageMeter
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class RemoteEngine:
         hf_config = _load_hf_config(settings, model_path)
         from vllm.tokenizers import get_tokenizer
 
-        from server.quiet_star.checkpoint_setup import model_setup
+        from kernels.quiet_star.checkpoint_setup import model_setup
 
         source = model_setup(settings, model_path).tokenizer or model_path
         tokenizer = get_tokenizer(source, trust_remote_code=settings.trust_remote_code)
@@ -561,10 +561,10 @@ def _wait_for_model(url: str, settings: Settings) -> dict:
 
 def _load_hf_config(settings: Settings, model_path: str) -> Any:
     """The model's config as the replicas serve it (a Quiet-STaR checkpoint gets the same
-    architecture override the in-process engine applies, server/engine.py)."""
+    architecture override the in-process engine applies, server/engines/inprocess.py)."""
     from transformers import AutoConfig
 
-    from server.engine import quiet_star_overrides
+    from server.engines.inprocess import quiet_star_overrides
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=settings.trust_remote_code)
     for key, value in (quiet_star_overrides(settings, model_path) or {}).items():

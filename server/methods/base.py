@@ -18,11 +18,11 @@ from pydantic import BaseModel
 from vllm import SamplingParams
 from vllm.logprobs import Logprob
 
-from server.config import Settings
+from server.core.config import Settings
+from server.core.limits import RequestWork
+from server.core.usage import UsageMeter
 from server.engines.base import PolicyEngine
-from server.limits import RequestWork
-from server.resources import Resources
-from server.usage import UsageMeter
+from server.methods.resources import Resources
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class Method(ABC):
     def work(self, inp: MethodInput) -> RequestWork:
         """Upper bound of the engine work one prompt may cause: sequences alive at once and
         tokens generated. Why: the gateway caps both per request before admitting it
-        (server/limits.py); a method that fans out (trees) or thinks (Quiet-STaR) must say
+        (server/core/limits.py); a method that fans out (trees) or thinks (Quiet-STaR) must say
         so here. Default: `n` independent sequences of up to `max_tokens` tokens each."""
         return RequestWork((("n", inp.n),), inp.sampling.max_tokens)
 

@@ -13,10 +13,10 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from server.detokenize import IncrementalText
+from server.core.limits import RequestWork
 from server.engines.base import PolicyEngine
-from server.limits import RequestWork
 from server.methods.base import MethodContext, MethodInput
+from server.methods.detokenize import IncrementalText
 from server.methods.rebase import GeneratedStep, Rebase
 from server.quiet_star.decoder import QuietStarDecoder
 from server.quiet_star.params import QuietStarParams

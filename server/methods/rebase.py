@@ -25,11 +25,12 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 from vllm.sampling_params import RequestOutputKind
 
-from server import metrics
-from server.answers import extract_answer
+from server.core import metrics
+from server.core.answers import extract_answer
+from server.core.errors import APIError
+from server.core.limits import RequestWork
+from server.core.request_ids import engine_request_id
 from server.engines.base import PolicyEngine
-from server.errors import APIError
-from server.limits import RequestWork
 from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
 from server.methods.streams import gather_cancelling, merge_streams
 from server.rebase.aggregation import aggregate, voting_leaves
@@ -41,7 +42,6 @@ from server.rebase.steps import StepFormat
 from server.rebase.tree import Node, root_node
 from server.rewards.base import RewardModel
 from server.rewards.provider import get_reward_model
-from server.tracing import engine_request_id
 
 
 class Rebase(Method):

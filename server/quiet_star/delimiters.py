@@ -8,7 +8,7 @@ forced sequence, and the mixing weight keeps the output anchored to the base dis
 
 from __future__ import annotations
 
-from server.errors import APIError
+from server.core.errors import APIError
 
 CHECKPOINT_START, CHECKPOINT_END = "<|startthought|>", "<|endthought|>"
 FALLBACK_START, FALLBACK_END = "<think>", "</think>"

@@ -10,8 +10,8 @@ thought, not to the visible text.
 
 from __future__ import annotations
 
+from server.core.errors import APIError
 from server.engines.base import PolicyEngine
-from server.errors import APIError
 from server.methods.base import MethodInput
 from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
-from server.answers import normalize_number
+from server.core.answers import normalize_number
 
 __all__ = ["AggregateResult", "Aggregation", "VoteLeaves", "aggregate", "voting_leaves"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.answers import marked_answer
+from server.core.answers import marked_answer
 from server.rebase.params import RebaseParams
 from server.rebase.tree import StepEnd
 

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 from server.rewards.base import RewardModel
 
 if TYPE_CHECKING:
-    from server.usage import UsageMeter
+    from server.core.usage import UsageMeter
 
 __all__ = ["ArithmeticRewardModel", "EquationCheck", "check_step", "safe_eval", "score_step"]
 

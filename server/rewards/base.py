@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from server.usage import UsageMeter
+    from server.core.usage import UsageMeter
 
 __all__ = ["RewardModel", "check_scores"]
 

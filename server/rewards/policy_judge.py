@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from server.rewards.base import RewardModel
 
 if TYPE_CHECKING:
+    from server.core.usage import UsageMeter
     from server.engines.base import PolicyEngine as Engine
-    from server.usage import UsageMeter
 
 __all__ = [
     "NO_SPELLINGS",
@@ -191,7 +191,7 @@ class PolicyJudgeRewardModel(RewardModel):
     ) -> list[list[float]]:
         """Judge every path's last step in one concurrent wave; earlier steps from the cache."""
         if meter is None:  # Engine.generate always charges a meter; a throwaway one then.
-            from server.usage import UsageMeter
+            from server.core.usage import UsageMeter
 
             meter = UsageMeter(policy_flops=self.engine.flops)
         keys = [(question, tuple(steps)) for steps in steps_batch]

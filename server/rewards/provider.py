@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from server.errors import APIError
+from server.core.errors import APIError
 from server.rewards.arithmetic import ArithmeticRewardModel
 from server.rewards.base import RewardModel
 

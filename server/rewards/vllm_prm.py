@@ -46,12 +46,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from server.core.request_ids import engine_request_id
 from server.rewards.base import RewardModel
-from server.tracing import engine_request_id
 
 if TYPE_CHECKING:
-    from server.flops import FlopsModel
-    from server.usage import UsageMeter
+    from server.core.flops import FlopsModel
+    from server.core.usage import UsageMeter
 
 __all__ = [
     "DEFAULT_STEP_TAGS",
@@ -421,7 +421,7 @@ def _cpu_kv_cache_space(gib: int | None) -> Iterator[None]:
 
 
 def _flops_model(hf_config: Any) -> FlopsModel | None:
-    from server.flops import FlopsModel
+    from server.core.flops import FlopsModel
 
     try:
         return FlopsModel.from_hf_config(hf_config)

@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from server.flops import FlopsModel
+from server.core.flops import FlopsModel
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 
-from server.config import has_native_bf16
+from server.core.config import has_native_bf16
 from tests.conftest import Gateway, completion_ok, http_client, running_gateway
 from tests.quiet_star_checkpoint import (
     END,

@@ -17,7 +17,7 @@ import pytest
 
 from loadtest.harness import servers
 from loadtest.harness.servers import EngineSettings
-from server.config import has_native_bf16
+from server.core.config import has_native_bf16
 from tests.conftest import scrape_metrics
 
 pytestmark = pytest.mark.e2e

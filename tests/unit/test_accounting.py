@@ -17,15 +17,15 @@ from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.output_processor import RequestOutputCollector
 
-from server.config import Settings
-from server.engine import Engine
-from server.flops import FlopsModel
+from server.core.config import Settings
+from server.core.flops import FlopsModel
+from server.core.usage import UsageMeter
+from server.engines.inprocess import Engine
 from server.methods.base import MethodContext, MethodInput, SamplingSpec
 from server.methods.baseline import Baseline
 from server.methods.quiet_star import QuietStar
 from server.methods.streams import gather_cancelling, merge_streams
 from server.quiet_star.params import QuietStarParams
-from server.usage import UsageMeter
 from tests.tiny_model import build_tokenizer
 
 FLOPS = FlopsModel(2, 64, 64, 64, 128, 512, True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.answers import answers_match, extract_answer, first_integer, normalize_number
+from server.core.answers import answers_match, extract_answer, first_integer, normalize_number
 
 TRIGGER = "Therefore, the answer (arabic numerals) is"
 GSM8K_REFERENCE = (

@@ -22,12 +22,12 @@ from server.api.auth import bearer_token, is_authorized, load_api_keys
 from server.api.errors import error_response
 from server.api.protocol import CompletionRequest, find_lone_surrogate
 from server.api.serving import INLINE_TOKENIZE_CHARS, CompletionService
-from server.app import create_app
-from server.config import Settings
-from server.errors import APIError
-from server.logging_setup import JsonFormatter, RequestIdFilter
+from server.app.factory import create_app
+from server.app.logging_setup import JsonFormatter, RequestIdFilter
+from server.core.config import Settings
+from server.core.errors import APIError
+from server.core.request_ids import REQUEST_ID, accept_request_id, engine_request_id
 from server.methods.base import SamplingSpec
-from server.tracing import REQUEST_ID, accept_request_id, engine_request_id
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 

@@ -11,8 +11,8 @@ from loadtest.benchmarks.gateway_overhead import random_token_prompts
 from loadtest.benchmarks.quiet_star_bench import expected_forward, tables, uncached_tail
 from loadtest.benchmarks.rebase_bench import config_min_share, parse_config, tree_prompt_tokens
 from loadtest.harness.cli import questions
-from server.flops import FlopsModel
-from server.usage import UsageMeter
+from server.core.flops import FlopsModel
+from server.core.usage import UsageMeter
 
 SMOLLM2_CONFIG = {
     "model_type": "llama",
@@ -34,7 +34,7 @@ SMOLLM2_CONFIG = {
     ],
 )
 def test_tree_prompt_tokens_inverts_the_usage_meter(calls) -> None:
-    """sum(prompt) recovered from forward/cached/tree_tokens/engine_calls, as server/usage.py
+    """sum(prompt) recovered from forward/cached/tree_tokens/engine_calls, as server/core/usage.py
     charges them, for any mix of calls that each generate >= 1 token."""
     meter = UsageMeter(FlopsModel.from_hf_config(SMOLLM2_CONFIG))
     for prompt, cached, generated in calls:

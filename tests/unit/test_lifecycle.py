@@ -18,17 +18,17 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from vllm.v1.engine.exceptions import EngineDeadError
 
-import server.lifecycle as lifecycle_module
-from server.exposure import insecure_exposure, is_loopback
-from server.health import health_report
-from server.lifecycle import (
+import server.api.lifecycle as lifecycle_module
+from server.api.health import health_report
+from server.api.lifecycle import (
     AdmissionGate,
     EngineUnavailable,
     Lifecycle,
     ServerShuttingDown,
 )
-from server.resources import Resources
-from server.serve import GatewayServer
+from server.app.exposure import insecure_exposure, is_loopback
+from server.app.serve import GatewayServer
+from server.methods.resources import Resources
 
 
 class Exits:
@@ -295,7 +295,7 @@ async def _until(condition) -> None:
 
 async def test_an_engine_death_during_the_warm_up_is_left_to_the_start_up_report() -> None:
     """Before the warm-up passed, the start-up reports the death with its cause
-    (server/warmup.py); the guard must not fail the process first with a generic reason."""
+    (server/app/warmup.py); the guard must not fail the process first with a generic reason."""
     lifecycle = make_lifecycle()
     lifecycle.ready = False
     with pytest.raises(EngineUnavailable), lifecycle.guard():

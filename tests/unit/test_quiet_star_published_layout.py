@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from kernels.quiet_star import checkpoint
-from server.config import Settings, resolve_hardware_defaults
-from server.quiet_star.checkpoint_setup import model_setup, resolve_checkpoint
-from server.quiet_star.tokenizer import DONE_MARKER, resolve_tokenizer
+from kernels.quiet_star.checkpoint_setup import model_setup, resolve_checkpoint
+from kernels.quiet_star.tokenizer import DONE_MARKER, resolve_tokenizer
+from server.core.config import Settings, resolve_hardware_defaults
 from tests.quiet_star_checkpoint import (
     END,
     MISTRAL_DASHES_ID,
@@ -113,7 +113,7 @@ def test_the_setup_resolves_every_value_and_passes_the_dashes_id(
 
 
 def test_the_engine_gets_the_merged_tokenizer(published, mistral, tmp_path, monkeypatch) -> None:
-    from server.engine import build_engine_args
+    from server.engines.inprocess import build_engine_args
 
     for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_USE_V2_MODEL_RUNNER"):
         monkeypatch.setenv(name, "")  # build_engine_args exports them; restored afterwards
@@ -192,7 +192,7 @@ def test_a_config_without_a_valid_thought_length_is_refused(keys, message) -> No
 
 def test_the_resolved_values_are_logged_once(published, mistral, tmp_path, caplog) -> None:
     settings = Settings(model=str(published), tokenizer=str(mistral), cache_dir=tmp_path / "c")
-    with caplog.at_level("INFO", logger="server.quiet_star.checkpoint_setup"):
+    with caplog.at_level("INFO", logger="kernels.quiet_star.checkpoint_setup"):
         model_setup(settings, str(published))
         model_setup(settings, str(published))  # before and while the engine starts
     lines = [r.getMessage() for r in caplog.records if "Quiet-STaR checkpoint" in r.getMessage()]

@@ -15,15 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.answers import extract_answer, marked_answer
+from server.core.answers import extract_answer, marked_answer
 from server.methods.rebase import Rebase, _Tree
+from server.methods.resources import Resources
 from server.rebase.aggregation import aggregate, voting_leaves
 from server.rebase.allocation import allocate_children
 from server.rebase.params import RebaseParams
 from server.rebase.search import rebase_search
 from server.rebase.steps import has_final_answer
 from server.rebase.tree import Node, root_node
-from server.resources import Resources
 from tests.unit.test_rebase_search import FakeTree
 
 

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.config import Settings
+from server.core.config import Settings
 from server.methods.base import MethodContext, MethodInput, SamplingSpec
 from server.methods.rebase import GeneratedStep, Rebase
+from server.methods.resources import Resources
 from server.rebase.kv import KvUsageReader, engine_kv_layout, expansion_cost
 from server.rebase.params import RebaseParams
 from server.rebase.scheduler import (
@@ -21,7 +22,6 @@ from server.rebase.scheduler import (
     KvCost,
     PriorityScheduler,
 )
-from server.resources import Resources
 
 
 async def _job(log: list, name: str, gate: asyncio.Event) -> str:

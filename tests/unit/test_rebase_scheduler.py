@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from server.config import Settings
+from server.core.config import Settings
 from server.methods.base import MethodContext, MethodInput, SamplingSpec
 from server.methods.rebase import GeneratedStep, Rebase
+from server.methods.resources import Resources
 from server.rebase.params import RebaseParams
 from server.rebase.scheduler import ExpansionScheduler
-from server.resources import Resources
 
 
 async def _job(log: list, name: str, gate: asyncio.Event | None = None) -> str:

@@ -14,12 +14,12 @@ from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from kernels.quiet_star.spec import QuietStarSpec
-from server.config import Settings
+from server.core.config import Settings
+from server.core.errors import APIError
+from server.core.flops import FlopsModel
+from server.core.usage import UsageMeter
 from server.engines.base import PolicyEngine
 from server.engines.remote import RemoteEngine, completion_body, flat_xargs, parse_logprobs
-from server.errors import APIError
-from server.flops import FlopsModel
-from server.usage import UsageMeter
 
 FLOPS = FlopsModel(
     n_layer=2, d_model=64, d_attn=64, d_kv=64, d_ff=128, vocab_size=512, gated_mlp=True
@@ -329,8 +329,8 @@ def test_a_client_error_is_not_retried_and_keeps_its_status() -> None:
 
 def test_the_engine_url_selects_the_remote_engine(monkeypatch) -> None:
     """`--engine-url` starts the remote engine; without it the in-process one starts."""
-    from server import engine as in_process
     from server import engines
+    from server.engines import inprocess as in_process
     from server.engines import remote
 
     started = []

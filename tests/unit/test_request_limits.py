@@ -1,12 +1,12 @@
-"""The per-request work bound (server/limits.py): what each method may hold, and the 400."""
+"""The per-request work bound (server/core/limits.py): what each method may hold, and the 400."""
 
 from __future__ import annotations
 
 import pytest
 
 from server.api.errors import APIError
-from server.config import Settings
-from server.limits import RequestWork, check_request_work
+from server.core.config import Settings
+from server.core.limits import RequestWork, check_request_work
 from server.methods.base import MethodInput, SamplingSpec
 from server.methods.baseline import Baseline
 from server.methods.quiet_star import QuietStar

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from server.flops import FlopsModel
+from server.core.flops import FlopsModel
+from server.core.usage import UsageMeter
 from server.rewards import REWARD_MODELS, build_reward_model
 from server.rewards.arithmetic import ArithmeticRewardModel
 from server.rewards.base import check_scores
@@ -36,7 +37,6 @@ from server.rewards.vllm_prm import (
     resolve_label_token_ids,
     resolve_step_tag_id,
 )
-from server.usage import UsageMeter
 from tests.tiny_model import build_tokenizer
 
 FLOPS = FlopsModel.from_hf_config(
@@ -74,7 +74,7 @@ JUDGE_TABLE = {" Yes": 1, "Yes": 2, " No": 3, "No": 4}
 
 
 class FakePolicyEngine:
-    """Implements what the judge uses of server.engine.Engine; answers from ``logprobs_for``."""
+    """Implements what the judge uses of server.engines.inprocess.Engine; answers from ``logprobs_for``."""
 
     def __init__(self, logprobs_for, max_model_len: int = 4096, max_logprobs: int = 20) -> None:
         self.tokenizer = FakeTokenizer(JUDGE_TABLE)
@@ -375,7 +375,7 @@ def test_prm_config_validation_and_defaults() -> None:
 
 
 def test_prm_config_from_settings() -> None:
-    from server.config import Settings
+    from server.core.config import Settings
 
     assert prm_config_from_settings(Settings()) is None
     settings = Settings(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from server import dtype_probe
-from server.config import Settings
-from server.dtype_probe import ProbeVerdict, describe_exit, probe_command, settle_cpu_dtype
-from server.warmup import failure_message
+from server.app import dtype_probe
+from server.app.dtype_probe import ProbeVerdict, describe_exit, probe_command, settle_cpu_dtype
+from server.app.warmup import failure_message
+from server.core.config import Settings
 
 
 def cpu_settings(tmp_path: Path, **overrides) -> Settings:

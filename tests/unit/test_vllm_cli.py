@@ -1,6 +1,6 @@
 """`thinkscale-vllm`: vLLM's command line on either build, the one command we tell people to run.
 
-The CPU build's own `vllm` command dies before parsing anything (server/vllm_cli.py says why),
+The CPU build's own `vllm` command dies before parsing anything (server/app/vllm_cli.py says why),
 so docs/scaling.md, docker-compose's replicas, the benchmark harness and `export-bench`'s recipe
 all spell it `thinkscale-vllm`. Checked here: the version fallback, and the installed console
 script answering `serve --help` with every flag the documented replica command uses.
@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from loadtest.harness.servers import REPLICA_FLAGS, EngineSettings, vllm_serve_command
-from server import vllm_cli
-from server.vllm_cli import COMMAND, _patched_version
+from server.app import vllm_cli
+from server.app.vllm_cli import COMMAND, _patched_version
 
 REPO = Path(__file__).resolve().parents[2]
 # The environment's console script, next to its interpreter (where pip puts it).
@@ -109,12 +109,12 @@ def test_installed_command_answers_serve_help() -> None:
 
 
 def test_module_form_answers_serve_help() -> None:
-    """`python -m server.vllm_cli` (what the script calls) gets past the version lookup."""
-    _assert_accepts_replica_flags(_serve_help([sys.executable, "-m", "server.vllm_cli"]))
+    """`python -m server.app.vllm_cli` (what the script calls) gets past the version lookup."""
+    _assert_accepts_replica_flags(_serve_help([sys.executable, "-m", "server.app.vllm_cli"]))
 
 
 def test_console_script_entry_point_is_registered() -> None:
-    """The installed metadata names `server.vllm_cli:main` (skipped where the package runs
+    """The installed metadata names `server.app.vllm_cli:main` (skipped where the package runs
     from a bare source tree without being installed)."""
     try:
         dist = importlib.metadata.distribution("thinkscale")
@@ -122,7 +122,7 @@ def test_console_script_entry_point_is_registered() -> None:
         pytest.skip("the thinkscale package is not installed in this environment")
     scripts = {ep.name: ep for ep in dist.entry_points if ep.group == "console_scripts"}
     assert COMMAND in scripts, f"installed metadata lacks {COMMAND}: reinstall (`pip install -e .`)"
-    assert scripts[COMMAND].value == "server.vllm_cli:main"
+    assert scripts[COMMAND].value == "server.app.vllm_cli:main"
     assert scripts[COMMAND].load() is vllm_cli.main
 
 

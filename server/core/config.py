@@ -285,7 +285,7 @@ def resolve_hardware_defaults(settings: Settings) -> Settings:
     on_cpu = device == "cpu"
     updates: dict[str, object] = {"device": device}
     if settings.dtype is None and not (on_cpu and bf16_candidate(settings)):
-        # CPUs that may run bf16 keep None here: server/dtype_probe.py settles it before the
+        # CPUs that may run bf16 keep None here: server/app/dtype_probe.py settles it before the
         # engine starts (a subprocess probe takes as long as an engine start).
         updates["dtype"] = "float32" if on_cpu else "auto"
     if settings.quiet_star_engine is None:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.api.protocol import CompletionRequest
-from server.config import Settings
-from server.dtype_probe import PROBE_PROMPT, describe_exit
+from server.app.dtype_probe import PROBE_PROMPT, describe_exit
+from server.core.config import Settings
 
 logger = logging.getLogger(__name__)
 

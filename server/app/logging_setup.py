@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Literal
 
-from server.tracing import current_request_id
+from server.core.request_ids import current_request_id
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.lifecycle import Lifecycle
+from server.api.lifecycle import Lifecycle
 
 
 def engines_of(service: Any) -> dict[str, Any]:

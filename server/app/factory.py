@@ -15,22 +15,22 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server import metrics
+from kernels.quiet_star.checkpoint_setup import model_setup
 from server.api.auth import load_api_keys
 from server.api.errors import install_error_handlers
+from server.api.health import engines_of
+from server.api.lifecycle import AdmissionGate, Lifecycle
 from server.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from server.api.routes import router
 from server.api.serving import CompletionService
-from server.config import Settings, cpu_flags, resolve_hardware_defaults
-from server.dtype_probe import settle_cpu_dtype
-from server.engine import resolve_model_path
+from server.app.dtype_probe import settle_cpu_dtype
+from server.app.warmup import WarmupFailed, engine_exit_report, failure_message, warm_up
+from server.core import metrics
+from server.core.config import Settings, cpu_flags, resolve_hardware_defaults
 from server.engines import start_policy_engine
-from server.health import engines_of
-from server.lifecycle import AdmissionGate, Lifecycle
+from server.engines.inprocess import resolve_model_path
 from server.methods import method_names
-from server.quiet_star.checkpoint_setup import model_setup
 from server.rewards.vllm_prm import VllmProcessRewardModel, prm_config_from_settings
-from server.warmup import WarmupFailed, engine_exit_report, failure_message, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
 
 async def _start_engine(app: FastAPI, settings: Settings) -> None:
     """Start the engine(s), run the warm-up, then serve; on any failure exit non-zero with a
-    message naming the model, dtype, KV size and the likely cause (server/warmup.py)."""
+    message naming the model, dtype, KV size and the likely cause (server/app/warmup.py)."""
     lifecycle: Lifecycle = app.state.lifecycle
     model = settings.engine_url or settings.model or "the embedded model"
     engine = None
@@ -152,7 +152,7 @@ def engine_info(settings: Settings, engine: object) -> dict[str, str]:
 
 def settle_engine_settings(settings: Settings) -> tuple[str, Settings]:
     """The model to serve (the embedded one converted on first use) and the settings with
-    the CPU dtype settled by the bf16 probe where it applies (server/dtype_probe.py)."""
+    the CPU dtype settled by the bf16 probe where it applies (server/app/dtype_probe.py)."""
     if settings.engine_url:
         return settings.engine_url, settings
     model = resolve_model_path(settings)

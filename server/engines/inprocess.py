@@ -3,7 +3,7 @@
 Why a wrapper: methods should not know how vLLM is configured, nor remember to abort a
 request whose client went away, nor how to count what a call computed. `Engine.generate`
 streams one sequence and, however it ends (finished, cancelled, failed), charges the
-call to the request's :class:`~server.usage.UsageMeter`.
+call to the request's :class:`~server.core.usage.UsageMeter`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
 from kernels.quiet_star import PROCESSOR_V2_FQCN as QUIET_STAR_PROCESSOR_V2
+from kernels.quiet_star.checkpoint_setup import model_setup
 from kernels.quiet_star.plugin import register as register_quiet_star_model
 from kernels.quiet_star.scheduler import SCHEDULER_FQCN as QUIET_STAR_SCHEDULER
-from server.config import Settings, omp_threads_bind_value
-from server.flops import FlopsModel
-from server.quiet_star.checkpoint_setup import model_setup
-from server.tracing import engine_request_id
-from server.usage import Component, UsageMeter
+from server.core.config import Settings, omp_threads_bind_value
+from server.core.flops import FlopsModel
+from server.core.request_ids import engine_request_id
+from server.core.usage import Component, UsageMeter
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def resolve_model_path(settings: Settings) -> str:
     """The model to serve: the operator's choice, else the embedded SmolLM2 (converted once)."""
     if settings.model:
         return settings.model
-    from server.embedded_model import ensure_served_embedded_model
+    from server.engines.embedded_model import ensure_served_embedded_model
 
     return str(ensure_served_embedded_model(settings.cache_dir))
 
@@ -98,7 +98,7 @@ def quiet_star_overrides(settings: Settings, model_path: str) -> dict | None:
     """A Quiet-STaR checkpoint says `MistralForCausalLM`; serve it with our architecture,
     which loads its mixing head and thought embeddings (docs/quiet_star.md). Recognised by
     the Quiet-STaR keys of its config.json, and checked against the served tokenizer
-    (server/quiet_star/checkpoint_setup.py); other models are served as they are."""
+    (kernels/quiet_star/checkpoint_setup.py); other models are served as they are."""
     overrides = model_setup(settings, model_path).hf_overrides
     if overrides is not None:
         register_quiet_star_model()  # here; engine processes: kernels/quiet_star/plugin.py
@@ -198,7 +198,7 @@ class Engine:
         """
         if params.n != 1:
             raise ValueError("Engine.generate runs one sequence; fan out n in the method")
-        # Every engine request id starts with its HTTP request's id (server/tracing.py).
+        # Every engine request id starts with its HTTP request's id (server/core/request_ids.py).
         request_id = request_id or engine_request_id()
         logger.debug("engine request %s: %d prompt tokens", request_id, len(prompt_token_ids))
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)

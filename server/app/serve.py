@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from sse_starlette.sse import AppStatus
 
-from server.lifecycle import CUT_FLUSH_S, Lifecycle
+from server.api.lifecycle import CUT_FLUSH_S, Lifecycle
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from server.flops import FlopsModel, RequestFlops
+from server.core.flops import FlopsModel, RequestFlops
 
 Component = Literal["policy", "reward"]
 

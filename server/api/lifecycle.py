@@ -7,7 +7,7 @@ drain, non-zero after a failure, so Docker or Kubernetes restarts it (vLLM's own
 same with `terminate_if_errored`). See README "Operating it" for the operator's view.
 
 The request path only needs :meth:`Lifecycle.guard` around its engine work; everything else
-(signals, the uvicorn server) lives in :mod:`server.serve`.
+(signals, the uvicorn server) lives in :mod:`server.app.serve`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from server.errors import APIError
+from server.core.errors import APIError
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Lifecycle:
 
     `in_flight` counts admitted, unfinished requests (the app wires it to
     `CompletionService.admitted`); `request_exit` stops the HTTP server (wired by
-    :mod:`server.serve`; without it, e.g. under a bare `uvicorn` command, SIGTERM ourselves).
+    :mod:`server.app.serve`; without it, e.g. under a bare `uvicorn` command, SIGTERM ourselves).
     """
 
     def __init__(self, grace_s: float) -> None:
@@ -70,7 +70,7 @@ class Lifecycle:
         self.draining = False
         self.failure: str | None = None
         self.exit_code = 0
-        # False until the engine has started and passed its warm-up (server/warmup.py): a dead
+        # False until the engine has started and passed its warm-up (server/app/warmup.py): a dead
         # engine during the warm-up is reported by the start-up, with its cause, not here.
         self.ready = False
         self.in_flight: Callable[[], int] = lambda: 0

@@ -10,7 +10,7 @@ that subprocess ends cleanly. The verdict is cached per machine, package version
 shapes, so only the first start pays for it (an engine start: ~25 s on the tiny test model,
 ~1 min on SmolLM2 with two cores). docs/architecture.md, "Hardware defaults".
 
-`python -m server.dtype_probe --model DIR --dtype bfloat16 ...` is the probe itself.
+`python -m server.app.dtype_probe --model DIR --dtype bfloat16 ...` is the probe itself.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from server.config import Settings, cpu_flags, omp_threads_bind_value
-from server.quiet_star.checkpoint_setup import model_setup
+from kernels.quiet_star.checkpoint_setup import model_setup
+from server.core.config import Settings, cpu_flags, omp_threads_bind_value
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def probe(settings: Settings, model_path: str) -> ProbeVerdict:
 
 def probe_command(settings: Settings, model_path: str) -> list[str]:
     command = [
-        sys.executable, "-m", "server.dtype_probe", "--model", model_path,
+        sys.executable, "-m", "server.app.dtype_probe", "--model", model_path,
         "--dtype", PROBE_DTYPE, "--kv-cache-gib", str(settings.kv_cache_gib),
         "--block-size", str(settings.block_size or 32),
     ]  # fmt: skip
