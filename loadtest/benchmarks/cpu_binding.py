@@ -2,12 +2,12 @@
 
 vLLM's CPU backend binds the model worker's threads to every core but one, which it keeps for
 its scheduler process (that process busy-waits on the worker). On a machine with few cores the
-kept core is a large share, and the gateway's default (``--cpu-threads-bind``, server/core/config.py)
-gives the worker every core on machines with 4 or fewer. This benchmark is the evidence: the
-same gateway with ``--cpu-threads-bind auto`` and ``all``, alternating A B B A, each session
-running plain decoding and Quiet-STaR (continuation engine, one-token delimiters, t = 4) at
-concurrency 1 and 8 on the same prompt and seeds. Output tokens per second of the session, and
-``all / auto``.
+kept core is a large share, and the gateway's default (``--cpu-threads-bind``,
+server/core/config.py) gives the worker every core on machines with 4 or fewer. This benchmark
+is the evidence: the same gateway with ``--cpu-threads-bind auto`` and ``all``, alternating A B
+B A, each session running plain decoding and Quiet-STaR (continuation engine, one-token
+delimiters, t = 4) at concurrency 1 and 8 on the same prompt and seeds. Output tokens per second
+of the session, and ``all / auto``.
 
     python -m loadtest.benchmarks.cpu_binding --out docs/data/cpu_binding.json
 """

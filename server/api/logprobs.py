@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from server.api.protocol import Logprobs
-from server.methods.base import ChoiceDelta
+from server.core.requests import ChoiceDelta
 
 
 class LogprobsBuilder:

@@ -46,10 +46,11 @@ from server.core import metrics
 from server.core.config import Settings
 from server.core.errors import APIError
 from server.core.limits import check_request_work
+from server.core.requests import ChoiceDelta, MethodInput, SamplingSpec
 from server.core.usage import UsageMeter
 from server.engines.base import PolicyEngine
 from server.methods import METHODS, parameter_blocks
-from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput, SamplingSpec
+from server.methods.base import Method, MethodContext
 from server.methods.resources import Resources
 from server.methods.streams import merge_streams
 
@@ -246,7 +247,7 @@ class CompletionService:
                 method.check(inp, self.engine)
                 _check_sampling(inp.sampling)
                 prepared.inputs.append(inp)
-            check_request_work(method, prepared.inputs, s)
+            check_request_work([method.work(inp) for inp in prepared.inputs], s)
         except BaseException:
             self.release(prepared)
             raise

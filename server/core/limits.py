@@ -10,45 +10,23 @@ request with a 400 naming the limit and the field to reduce when either exceeds 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.core.config import Settings
 from server.core.errors import APIError
 
 if TYPE_CHECKING:
-    from server.methods.base import Method, MethodInput
+    from server.core.requests import RequestWork
 
 
-@dataclass(frozen=True)
-class RequestWork:
-    """Upper bound of the engine work of one prompt of a request."""
-
-    # Request fields whose values multiply to the engine sequences the prompt may hold at
-    # once, e.g. (("n", 4), ("rebase.width", 16)): 64 sequences.
-    factors: tuple[tuple[str, int], ...]
-    tokens_per_sequence: int  # generated positions per sequence, thoughts included
-    # How tokens_per_sequence follows from the request, for the error message.
-    token_note: str = ""
-
-    @property
-    def sequences(self) -> int:
-        return math.prod(value for _, value in self.factors)
-
-    @property
-    def tokens(self) -> int:
-        return self.sequences * self.tokens_per_sequence
-
-
-def check_request_work(method: Method, inputs: Sequence[MethodInput], settings: Settings) -> None:
-    """Raise a 400 if the request's prompts together exceed `max_request_sequences` or
-    `max_request_tokens`; `param` is the field that contributes most (the one to reduce)."""
-    if not inputs:
+def check_request_work(works: Sequence[RequestWork], settings: Settings) -> None:
+    """Raise a 400 if the request's prompts (one `RequestWork` each, from `Method.work`)
+    together exceed `max_request_sequences` or `max_request_tokens`; `param` is the field that
+    contributes most (the one to reduce)."""
+    if not works:
         return
-    works = [method.work(inp) for inp in inputs]
-    factors = (("prompt", len(inputs)), *works[0].factors)
+    factors = (("prompt", len(works)), *works[0].factors)
     sequences = sum(w.sequences for w in works)
     if sequences > settings.max_request_sequences:
         product = " x ".join(

@@ -1,4 +1,5 @@
-"""Policy engines behind one interface: in-process vLLM (server/engines/inprocess.py) or remote replicas.
+"""Policy engines behind one interface: in-process vLLM (server/engines/inprocess.py) or remote
+replicas.
 
 See server/engines/base.py for the interface and docs/scaling.md for the remote deployment.
 """

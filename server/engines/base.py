@@ -1,9 +1,9 @@
 """The policy-engine interface every method runs on, whichever engine serves it.
 
 Why a Protocol: methods (server/methods/) drive the engine only through `generate` and a few
-facts about the model; the in-process AsyncLLM (server/engines/inprocess.py) and the remote engine that
-speaks vLLM's OpenAI API to `vllm serve` replicas (server/engines/remote.py) both satisfy it,
-so a method never knows which one it runs on (docs/scaling.md).
+facts about the model; the in-process AsyncLLM (server/engines/inprocess.py) and the remote
+engine that speaks vLLM's OpenAI API to `vllm serve` replicas (server/engines/remote.py) both
+satisfy it, so a method never knows which one it runs on (docs/scaling.md).
 
 `generate` takes vLLM's own `SamplingParams` (including `extra_args`, which carry our logits
 processor's per-request spec) and yields vLLM `RequestOutput`s honouring the params'

@@ -7,7 +7,8 @@ from contextlib import aclosing
 
 from vllm.sampling_params import RequestOutputKind
 
-from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
+from server.core.requests import ChoiceDelta, MethodInput
+from server.methods.base import Method, MethodContext
 from server.methods.streams import merge_streams
 
 

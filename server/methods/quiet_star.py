@@ -14,9 +14,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from server.core.limits import RequestWork
+from server.core.requests import ChoiceDelta, MethodInput, RequestWork
 from server.engines.base import PolicyEngine
-from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
+from server.methods.base import Method, MethodContext
 from server.methods.detokenize import IncrementalText
 from server.methods.streams import merge_streams
 from server.quiet_star.decoder import QuietStarDecoder

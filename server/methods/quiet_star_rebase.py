@@ -13,9 +13,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from server.core.limits import RequestWork
+from server.core.requests import MethodInput, RequestWork
 from server.engines.base import PolicyEngine
-from server.methods.base import MethodContext, MethodInput
+from server.methods.base import MethodContext
 from server.methods.detokenize import IncrementalText
 from server.methods.rebase import GeneratedStep, Rebase
 from server.quiet_star.decoder import QuietStarDecoder

@@ -28,10 +28,10 @@ from vllm.sampling_params import RequestOutputKind
 from server.core import metrics
 from server.core.answers import extract_answer
 from server.core.errors import APIError
-from server.core.limits import RequestWork
 from server.core.request_ids import engine_request_id
+from server.core.requests import ChoiceDelta, MethodInput, RequestWork
 from server.engines.base import PolicyEngine
-from server.methods.base import ChoiceDelta, Method, MethodContext, MethodInput
+from server.methods.base import Method, MethodContext
 from server.methods.streams import gather_cancelling, merge_streams
 from server.rebase.aggregation import aggregate, voting_leaves
 from server.rebase.kv import KvUsageReader, engine_kv_layout, expansion_cost

@@ -34,7 +34,8 @@ from vllm.sampling_params import RequestOutputKind
 
 from kernels.quiet_star.spec import QuietStarSpec
 from server.core.request_ids import engine_request_id
-from server.methods.base import MethodContext, SamplingSpec
+from server.core.requests import SamplingSpec
+from server.methods.base import MethodContext
 from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
 from server.quiet_star.served_model import DEFAULT_MIXING_WEIGHT, served_model

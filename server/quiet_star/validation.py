@@ -11,8 +11,8 @@ thought, not to the visible text.
 from __future__ import annotations
 
 from server.core.errors import APIError
+from server.core.requests import MethodInput
 from server.engines.base import PolicyEngine
-from server.methods.base import MethodInput
 from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
 from server.quiet_star.served_model import served_model

@@ -19,9 +19,10 @@ from vllm.v1.engine.output_processor import RequestOutputCollector
 
 from server.core.config import Settings
 from server.core.flops import FlopsModel
+from server.core.requests import MethodInput, SamplingSpec
 from server.core.usage import UsageMeter
 from server.engines.inprocess import Engine
-from server.methods.base import MethodContext, MethodInput, SamplingSpec
+from server.methods.base import MethodContext
 from server.methods.baseline import Baseline
 from server.methods.quiet_star import QuietStar
 from server.methods.streams import gather_cancelling, merge_streams

@@ -27,7 +27,7 @@ from server.app.logging_setup import JsonFormatter, RequestIdFilter
 from server.core.config import Settings
 from server.core.errors import APIError
 from server.core.request_ids import REQUEST_ID, accept_request_id, engine_request_id
-from server.methods.base import SamplingSpec
+from server.core.requests import SamplingSpec
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 

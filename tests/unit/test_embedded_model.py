@@ -1,4 +1,5 @@
-"""Tests for server.engines.embedded_model: fast ones on small fake wheels, slow ones on the real model."""
+"""Tests for server.engines.embedded_model: fast ones on small fake wheels, slow ones on the
+real model."""
 
 from __future__ import annotations
 

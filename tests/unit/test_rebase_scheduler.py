@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from server.core.config import Settings
-from server.methods.base import MethodContext, MethodInput, SamplingSpec
+from server.core.requests import MethodInput, SamplingSpec
+from server.methods.base import MethodContext
 from server.methods.rebase import GeneratedStep, Rebase
 from server.methods.resources import Resources
 from server.rebase.params import RebaseParams

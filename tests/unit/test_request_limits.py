@@ -6,14 +6,19 @@ import pytest
 
 from server.api.errors import APIError
 from server.core.config import Settings
-from server.core.limits import RequestWork, check_request_work
-from server.methods.base import MethodInput, SamplingSpec
+from server.core.limits import check_request_work
+from server.core.requests import MethodInput, RequestWork, SamplingSpec
 from server.methods.baseline import Baseline
 from server.methods.quiet_star import QuietStar
 from server.methods.quiet_star_rebase import QuietStarRebase
 from server.methods.rebase import Rebase
 from server.quiet_star.params import QuietStarParams
 from server.rebase.params import RebaseParams
+
+
+def check(method, inputs, settings) -> None:
+    """What the service does: each prompt's `Method.work`, checked together."""
+    check_request_work([method.work(i) for i in inputs], settings)
 
 
 def inp(n: int = 1, max_tokens: int = 100, **blocks) -> MethodInput:
@@ -52,14 +57,14 @@ def test_step_start_thinking_is_charged_per_step_not_per_token() -> None:
 def test_within_the_limits_passes() -> None:
     settings = Settings(max_request_sequences=64, max_request_tokens=6400)
     inputs = [inp(n=4, rebase=RebaseParams(width=8))] * 2
-    check_request_work(Rebase(), inputs, settings)  # 64 sequences, 6400 tokens: at the limit
+    check(Rebase(), inputs, settings)  # 64 sequences, 6400 tokens: at the limit
 
 
 def test_too_many_sequences_is_a_400_naming_the_limit_and_the_field() -> None:
     settings = Settings(max_request_sequences=64)
     inputs = [inp(n=2, rebase=RebaseParams(width=16))] * 3
     with pytest.raises(APIError) as caught:
-        check_request_work(Rebase(), inputs, settings)
+        check(Rebase(), inputs, settings)
     error = caught.value
     assert error.status == 400 and error.param == "rebase.width"  # the largest factor
     assert "96 engine sequences" in error.message
@@ -70,7 +75,7 @@ def test_too_many_sequences_is_a_400_naming_the_limit_and_the_field() -> None:
 def test_many_prompts_make_prompt_the_field_to_reduce() -> None:
     settings = Settings(max_request_sequences=16)
     with pytest.raises(APIError) as caught:
-        check_request_work(Baseline(), [inp(n=2)] * 10, settings)
+        check(Baseline(), [inp(n=2)] * 10, settings)
     assert caught.value.param == "prompt"
 
 
@@ -78,7 +83,7 @@ def test_too_many_tokens_is_a_400_on_max_tokens() -> None:
     settings = Settings(max_request_tokens=10_000)
     params = QuietStarParams(thought_tokens=16)
     with pytest.raises(APIError) as caught:
-        check_request_work(QuietStar(), [inp(n=2, max_tokens=300, quiet_star=params)], settings)
+        check(QuietStar(), [inp(n=2, max_tokens=300, quiet_star=params)], settings)
     error = caught.value
     assert error.status == 400 and error.param == "max_tokens"
     assert "11400 tokens" in error.message and "max_request_tokens=10000" in error.message
@@ -89,8 +94,6 @@ def test_default_limits_reject_the_issue_example_and_accept_common_requests() ->
     settings = Settings()
     worst = [inp(n=16, max_tokens=256, rebase=RebaseParams(width=64))] * 32
     with pytest.raises(APIError):
-        check_request_work(Rebase(), worst, settings)
-    check_request_work(
-        Rebase(), [inp(n=1, max_tokens=1024, rebase=RebaseParams(width=64))], settings
-    )
-    check_request_work(Baseline(), [inp(n=16, max_tokens=4096)] * 32, settings)
+        check(Rebase(), worst, settings)
+    check(Rebase(), [inp(n=1, max_tokens=1024, rebase=RebaseParams(width=64))], settings)
+    check(Baseline(), [inp(n=16, max_tokens=4096)] * 32, settings)

@@ -74,7 +74,8 @@ JUDGE_TABLE = {" Yes": 1, "Yes": 2, " No": 3, "No": 4}
 
 
 class FakePolicyEngine:
-    """Implements what the judge uses of server.engines.inprocess.Engine; answers from ``logprobs_for``."""
+    """Implements what the judge uses of server.engines.inprocess.Engine; answers from
+    ``logprobs_for``."""
 
     def __init__(self, logprobs_for, max_model_len: int = 4096, max_logprobs: int = 20) -> None:
         self.tokenizer = FakeTokenizer(JUDGE_TABLE)
