@@ -100,14 +100,19 @@ class CompletionService:
     """Validates, admits and runs completion requests against one engine."""
 
     def __init__(
-        self, engine: PolicyEngine, settings: Settings, lifecycle: Lifecycle | None = None
+        self,
+        engine: PolicyEngine,
+        settings: Settings,
+        lifecycle: Lifecycle | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         # Cuts requests at the end of a shutdown's grace period or when an engine dies.
         self.lifecycle = lifecycle or Lifecycle(settings.shutdown_grace_s)
         self.admitted = 0
-        self.resources = Resources()  # see MethodContext.resources
+        # Built once, at start-up (the app passes them with its PRM engine): see Resources.
+        self.resources = resources or Resources.build(settings, engine)
 
     # ---- the lifecycle ----------------------------------------------------------------
     async def handle(self, request: CompletionRequest, http: Request) -> Response:

@@ -30,6 +30,7 @@ from server.core.config import Settings, cpu_flags, resolve_hardware_defaults
 from server.engines import start_policy_engine
 from server.engines.inprocess import resolve_model_path
 from server.methods import method_names
+from server.methods.resources import Resources
 from server.rewards.vllm_prm import VllmProcessRewardModel, prm_config_from_settings
 
 logger = logging.getLogger(__name__)
@@ -92,14 +93,14 @@ async def _start_engine(app: FastAPI, settings: Settings) -> None:
         model, settings = await asyncio.to_thread(settle_engine_settings, settings)
         app.state.settings = settings
         engine = await asyncio.to_thread(start_policy_engine, settings)
-        service = CompletionService(engine, settings, lifecycle)
         prm_config = prm_config_from_settings(settings)
         if prm_config is not None:
             # A model PRM (REBASE's `vllm_prm`): a second vLLM engine in pooling mode.
             stage = "PRM engine start"
             prm = VllmProcessRewardModel(prm_config)
             await asyncio.to_thread(prm.start)
-            service.resources.vllm_prm = prm
+        resources = Resources.build(settings, engine, prm)
+        service = CompletionService(engine, settings, lifecycle, resources)
         stage = "warm-up"
         seconds = await warm_up(service)
     except asyncio.CancelledError:

@@ -80,6 +80,12 @@ class PolicyEngine(Protocol):
         rolled-back thought positions. Cancelling the iteration aborts the request."""
         ...
 
+    def kv_layout(self) -> tuple[int, int] | None:
+        """(KV blocks, tokens per block) of the started engine, or None when it cannot say (a
+        remote engine: each replica has its own cache). REBASE's `priority` scheduler admits
+        expansions by KV blocks with it; without it, by count only."""
+        ...
+
     async def check_health(self) -> None:
         """Raise when the engine cannot serve a request right now."""
         ...

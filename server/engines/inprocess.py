@@ -166,6 +166,14 @@ class Engine:
     def errored(self) -> bool:
         return bool(self.llm.errored)
 
+    def kv_layout(self) -> tuple[int, int] | None:
+        # Fixed once the engine has started: vLLM's front end holds them in `cache_config`.
+        config = self.llm.vllm_config.cache_config
+        blocks, size = config.num_gpu_blocks, config.block_size
+        if not isinstance(blocks, int) or not isinstance(size, int) or blocks < 1 or size < 1:
+            return None
+        return blocks, size
+
     async def check_health(self) -> None:
         await self.llm.check_health()
 

@@ -277,6 +277,9 @@ class RemoteEngine:
     def decode(self, token_ids: list[int]) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=True)
 
+    def kv_layout(self) -> tuple[int, int] | None:
+        return None  # each replica has its own KV cache; the router decides where work goes
+
     async def check_health(self) -> None:
         response = await self.client.get("/health", timeout=5)
         if response.status_code != 200:

@@ -31,9 +31,9 @@ class MethodContext:
     meter: UsageMeter
     settings: Settings
     request_id: str  # this prompt's: "<http request id>-p<prompt index>"
-    details: dict[str, Any] = field(default_factory=dict)
     # Process-wide services methods share across requests (schedulers, reward models).
-    resources: Resources = field(default_factory=Resources)
+    resources: Resources
+    details: dict[str, Any] = field(default_factory=dict)
     # The whole HTTP request's id, shared by all its prompts: the key under which shared
     # schedulers are fair across requests (one request with many prompts is still one).
     http_request_id: str = ""

@@ -14,7 +14,6 @@ order, before any job runs, and a node's score depends on its path only.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -34,14 +33,13 @@ from server.engines.base import PolicyEngine
 from server.methods.base import Method, MethodContext
 from server.methods.streams import gather_cancelling, merge_streams
 from server.rebase.aggregation import aggregate, voting_leaves
-from server.rebase.kv import KvUsageReader, engine_kv_layout, expansion_cost
+from server.rebase.kv import expansion_cost
 from server.rebase.params import RebaseParams
-from server.rebase.scheduler import DirectScheduler, ExpansionScheduler, PriorityScheduler
+from server.rebase.scheduler import PriorityScheduler
 from server.rebase.search import SearchResult, rebase_search
 from server.rebase.steps import StepFormat
 from server.rebase.tree import Node, root_node
 from server.rewards.base import RewardModel
-from server.rewards.provider import get_reward_model
 
 
 class Rebase(Method):
@@ -166,8 +164,8 @@ class _Tree:
         self.format = StepFormat(params)
         prefix = self.format.root_prefix()
         self.root = root_node(ctx.engine.encode(prefix) if prefix else [], prefix)
-        self.scheduler = scheduler_for(ctx)
-        self.reward: RewardModel = get_reward_model(ctx, params.reward_model)
+        self.scheduler = ctx.resources.rebase_scheduler
+        self.reward: RewardModel = reward_model(ctx, params.reward_model)
         self._seeds = tree_seeds(inp.sampling.seed, index)
         self.tree_tokens = 0
         self.reward_calls = 0
@@ -175,7 +173,7 @@ class _Tree:
         self.eager = isinstance(self.scheduler, PriorityScheduler)
         self._scored: set[int] = set()  # ids of nodes already scored eagerly
         self.started = time.monotonic()
-        self.kv_layout = engine_kv_layout(ctx.engine) if self.eager else None
+        self.kv_layout = ctx.engine.kv_layout() if self.eager else None
 
     # -- expand: k continuations of each node, one engine sequence each ------------------
     async def expand(self, requests: Sequence[tuple[Node, int]]) -> list[Node]:
@@ -263,7 +261,7 @@ class _Tree:
         elif self.reward.name == "arithmetic":  # microseconds on the CPU: no slot to wait for
             scores = await job()
         elif self.reward.name == "vllm_prm":  # its own engine: its own bound, not policy slots
-            async with prm_bound(self.ctx):
+            async with self.ctx.resources.prm_bound:
                 scores = await job()
         else:  # the policy judge runs on the policy engine: it takes a policy slot
             scores = await self.scheduler.run(
@@ -323,41 +321,10 @@ def _count(items) -> dict[str, int]:
     return counts
 
 
-def prm_bound(ctx: MethodContext) -> asyncio.Semaphore:
-    """The process-wide bound on PRM-engine scoring calls of the `priority` scheduler."""
-    bound = ctx.shared.get("rebase_prm_bound")
-    if bound is None:
-        bound = ctx.shared["rebase_prm_bound"] = asyncio.Semaphore(
-            ctx.settings.rebase_prm_max_in_flight
-        )
-    return bound
-
-
-def scheduler_for(ctx: MethodContext) -> ExpansionScheduler | DirectScheduler:
-    """The process-wide scheduler that all trees share (created on first use); the
-    `thinkscale_rebase_jobs_in_flight` gauge reads its slot count."""
-    scheduler = ctx.resources.rebase_scheduler
-    if scheduler is None:
-        if ctx.settings.rebase_scheduler == "direct":
-            scheduler = DirectScheduler()
-        elif ctx.settings.rebase_scheduler == "priority":
-            layout = engine_kv_layout(ctx.engine)
-            scheduler = PriorityScheduler(
-                ctx.settings.rebase_max_in_flight,
-                lambda method, queued: metrics.QUEUE_DEPTH.labels(method).set(queued),
-                min_share=ctx.settings.rebase_min_share,
-                kv_blocks=layout[0] if layout else None,
-                kv_usage=KvUsageReader(),
-                kv_watermark=ctx.settings.rebase_kv_watermark,
-                on_defer=metrics.REBASE_KV_DEFERRALS.inc,
-            )
-            metrics.REBASE_KV_RESERVED.set_function(lambda: scheduler.reserved_blocks)
-        else:
-            scheduler = ExpansionScheduler(
-                # per replica (docs/scaling.md): more replicas take more jobs at once
-                ctx.settings.rebase_max_in_flight * ctx.settings.engine_replicas,
-                lambda method, queued: metrics.QUEUE_DEPTH.labels(method).set(queued),
-            )
-        metrics.REBASE_JOBS_IN_FLIGHT.set_function(lambda: scheduler.in_flight)
-        ctx.resources.rebase_scheduler = scheduler
-    return scheduler
+def reward_model(ctx: MethodContext, name: str | None) -> RewardModel:
+    """The shared reward model the request names (or the server default); a 400 naming
+    `rebase.reward_model` when this gateway cannot serve it."""
+    try:
+        return ctx.resources.reward_model(name or ctx.settings.reward_model)
+    except ValueError as exc:
+        raise APIError(str(exc), param="rebase.reward_model") from None

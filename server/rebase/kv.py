@@ -1,37 +1,22 @@
 """What the `priority` REBASE scheduler knows about the engine's KV cache.
 
 Why here and this way: admission by KV blocks needs the engine's block count and block size
-(fixed once the engine has started: vLLM's front end holds them in `cache_config`) and, to
-correct our own estimate, the engine's measured usage. The cheapest reliable reading of the
-usage in-process is the `vllm:kv_cache_usage_perc` gauge vLLM's Prometheus logger keeps in the
-default registry (updated on every engine step it logs); we collect that one collector, not the
-whole registry, and at most every `max_age_s`.
+(`PolicyEngine.kv_layout()`) and, to correct our own estimate, the engine's measured usage. The
+cheapest reliable reading of the usage in-process is the `vllm:kv_cache_usage_perc` gauge vLLM's
+Prometheus logger keeps in the default registry (updated on every engine step it logs); we
+collect that one collector, not the whole registry, and at most every `max_age_s`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
 
 from prometheus_client import REGISTRY
 
 from server.rebase.scheduler import KvCost
 
 USAGE_GAUGE = "vllm:kv_cache_usage_perc"
-
-
-def engine_kv_layout(engine: Any) -> tuple[int, int] | None:
-    """(KV blocks, tokens per block) of a started engine, or None when it does not say (fakes,
-    another backend): the scheduler then admits by count only."""
-    config = getattr(
-        getattr(getattr(engine, "llm", None), "vllm_config", None), "cache_config", None
-    )
-    blocks = getattr(config, "num_gpu_blocks", None)
-    size = getattr(config, "block_size", None)
-    if not isinstance(blocks, int) or not isinstance(size, int) or blocks < 1 or size < 1:
-        return None
-    return blocks, size
 
 
 def expansion_cost(group: object, prefix_tokens: int, step_tokens: int, block_size: int) -> KvCost:

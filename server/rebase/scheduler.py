@@ -61,7 +61,7 @@ class _Ticket:
     holds_slot: bool = False  # set by `_grant`, cleared by `_release`: the one source of truth
 
 
-class ExpansionScheduler:
+class FairExpansionScheduler:
     """Bounded, fair admission of engine jobs from many requests."""
 
     def __init__(
@@ -196,10 +196,10 @@ class ExpansionScheduler:
             self._on_queue_change(label, count)
 
 
-class PriorityScheduler(ExpansionScheduler):
+class PriorityScheduler(FairExpansionScheduler):
     """Latency-aware order and KV-aware admission over the same slot accounting.
 
-    Order: processor sharing (`ExpansionScheduler`) makes every request of a burst finish near
+    Order: processor sharing (`FairExpansionScheduler`) makes every request of a burst finish near
     the end of the burst. Here the next job is the one of smallest `rank` (the caller's: the
     request's age first, then the deepest level, so stragglers of an old request's almost
     finished level go before a young request's first level), which lets old requests finish

@@ -25,6 +25,7 @@ from server.engines.inprocess import Engine
 from server.methods.base import MethodContext
 from server.methods.baseline import Baseline
 from server.methods.quiet_star import QuietStar
+from server.methods.resources import Resources
 from server.methods.streams import gather_cancelling, merge_streams
 from server.quiet_star.params import QuietStarParams
 from tests.tiny_model import build_tokenizer
@@ -192,8 +193,13 @@ class FakePolicyEngine:
 
 
 def context(engine: FakePolicyEngine) -> MethodContext:
+    settings = Settings(device="cpu")
     return MethodContext(
-        engine=engine, meter=UsageMeter(FLOPS), settings=Settings(device="cpu"), request_id="r"
+        engine=engine,
+        meter=UsageMeter(FLOPS),
+        settings=settings,
+        request_id="r",
+        resources=Resources.build(settings, engine),
     )  # type: ignore[arg-type]
 
 

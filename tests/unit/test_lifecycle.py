@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from dataclasses import replace
 from types import SimpleNamespace
 
 import httpx
@@ -28,6 +29,7 @@ from server.api.lifecycle import (
 )
 from server.app.exposure import insecure_exposure, is_loopback
 from server.app.serve import GatewayServer
+from server.core.config import Settings
 from server.methods.resources import Resources
 
 
@@ -192,7 +194,10 @@ class FakeLLM:
 
 
 def fake_service(policy: FakeLLM, prm: FakeLLM | None = None) -> SimpleNamespace:
-    resources = Resources(vllm_prm=SimpleNamespace(llm=prm) if prm is not None else None)
+    resources = replace(
+        Resources.build(Settings(), None),
+        vllm_prm=SimpleNamespace(llm=prm) if prm is not None else None,
+    )
     return SimpleNamespace(engine=policy, resources=resources)
 
 

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.core.answers import extract_answer, marked_answer
+from server.core.config import Settings
 from server.methods.rebase import Rebase, _Tree
 from server.methods.resources import Resources
 from server.rebase.aggregation import aggregate, voting_leaves
@@ -63,8 +64,10 @@ class _StepScores:
 
 def _tree(prm: _StepScores, **params) -> _Tree:
     settings = SimpleNamespace(rebase_scheduler="direct", reward_model="scripted")
+    resources = Resources.build(Settings(rebase_scheduler="direct"), None)
+    resources.reward_models["scripted"] = prm  # type: ignore[assignment]
     ctx = SimpleNamespace(
-        resources=Resources(reward_models={"scripted": prm}), settings=settings, details={},
+        resources=resources, settings=settings, details={},
         request_id="req", fairness_key="req", meter=None, engine=None,
     )  # fmt: skip
     inp = SimpleNamespace(prompt_text="Q", prompt_token_ids=[1], sampling=SimpleNamespace(seed=0))

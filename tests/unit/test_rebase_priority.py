@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -15,11 +16,11 @@ from server.core.requests import MethodInput, SamplingSpec
 from server.methods.base import MethodContext
 from server.methods.rebase import GeneratedStep, Rebase
 from server.methods.resources import Resources
-from server.rebase.kv import KvUsageReader, engine_kv_layout, expansion_cost
+from server.rebase.kv import KvUsageReader, expansion_cost
 from server.rebase.params import RebaseParams
 from server.rebase.scheduler import (
     DirectScheduler,
-    ExpansionScheduler,
+    FairExpansionScheduler,
     KvCost,
     PriorityScheduler,
 )
@@ -146,13 +147,14 @@ def test_expansion_cost_counts_blocks() -> None:
     assert (cost.shared_blocks, cost.own_blocks) == (2, 3)
 
 
-def test_engine_kv_layout_reads_the_started_engine_or_says_none() -> None:
+def test_the_in_process_engine_reads_its_kv_layout_or_says_none() -> None:
+    from server.engines.inprocess import Engine
+
     config = SimpleNamespace(num_gpu_blocks=512, block_size=32)
     engine = SimpleNamespace(llm=SimpleNamespace(vllm_config=SimpleNamespace(cache_config=config)))
-    assert engine_kv_layout(engine) == (512, 32)
-    assert engine_kv_layout(None) is None
+    assert Engine.kv_layout(engine) == (512, 32)  # type: ignore[arg-type]
     config.num_gpu_blocks = None  # not started
-    assert engine_kv_layout(engine) is None
+    assert Engine.kv_layout(engine) is None  # type: ignore[arg-type]
 
 
 def test_kv_usage_reader_reads_the_gauge_from_a_registry() -> None:
@@ -196,8 +198,7 @@ def _trees(scheduler) -> list:
         sampling=SamplingSpec(max_tokens=64, seed=11),
         params={"rebase": RebaseParams(width=6, max_step_tokens=8, step_delimiter="\n")},
     )
-    config = SimpleNamespace(num_gpu_blocks=64, block_size=4)
-    engine = SimpleNamespace(llm=SimpleNamespace(vllm_config=SimpleNamespace(cache_config=config)))
+    engine = SimpleNamespace(kv_layout=lambda: (64, 4))
 
     async def one(request: int) -> list:
         ctx = MethodContext(
@@ -206,7 +207,7 @@ def _trees(scheduler) -> list:
             settings=Settings(),
             request_id=f"cmpl-{request}-p0",
             http_request_id=f"cmpl-{request}",
-            resources=Resources(rebase_scheduler=scheduler),
+            resources=replace(Resources.build(Settings(), None), rebase_scheduler=scheduler),
         )
         choices = sorted(
             [(d.index, d.text, d.token_ids) async for d in _FakeStepRebase().run(ctx, inp)]
@@ -224,7 +225,7 @@ def _trees(scheduler) -> list:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: ExpansionScheduler(4),
+        lambda: FairExpansionScheduler(4),
         lambda: PriorityScheduler(4),
         lambda: PriorityScheduler(64, kv_blocks=64, kv_watermark=0.5),
     ],
@@ -244,17 +245,8 @@ def test_same_seeds_grow_the_same_trees_as_direct(make) -> None:
 
 
 def test_the_priority_setting_builds_a_kv_aware_priority_scheduler() -> None:
-    from server.methods.rebase import scheduler_for
-
-    config = SimpleNamespace(num_gpu_blocks=300, block_size=16)
-    engine = SimpleNamespace(llm=SimpleNamespace(vllm_config=SimpleNamespace(cache_config=config)))
-    ctx = MethodContext(
-        engine=engine,  # type: ignore[arg-type]
-        meter=None,  # type: ignore[arg-type]
-        settings=Settings(rebase_scheduler="priority", rebase_kv_watermark=0.8, rebase_min_share=0),
-        request_id="cmpl-x-p0",
-    )
-    scheduler = scheduler_for(ctx)
+    engine = SimpleNamespace(kv_layout=lambda: (300, 16))
+    settings = Settings(rebase_scheduler="priority", rebase_kv_watermark=0.8, rebase_min_share=0)
+    scheduler = Resources.build(settings, engine).rebase_scheduler  # type: ignore[arg-type]
     assert isinstance(scheduler, PriorityScheduler)
     assert (scheduler.kv_blocks, scheduler.kv_watermark, scheduler.min_share) == (300, 0.8, 0)
-    assert scheduler_for(ctx) is scheduler  # one per process

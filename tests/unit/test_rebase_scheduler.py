@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -12,7 +13,7 @@ from server.methods.base import MethodContext
 from server.methods.rebase import GeneratedStep, Rebase
 from server.methods.resources import Resources
 from server.rebase.params import RebaseParams
-from server.rebase.scheduler import ExpansionScheduler
+from server.rebase.scheduler import FairExpansionScheduler
 
 
 async def _job(log: list, name: str, gate: asyncio.Event | None = None) -> str:
@@ -27,7 +28,7 @@ async def _job(log: list, name: str, gate: asyncio.Event | None = None) -> str:
 
 def test_never_more_than_max_in_flight() -> None:
     async def main() -> int:
-        scheduler = ExpansionScheduler(3)
+        scheduler = FairExpansionScheduler(3)
         peak = 0
 
         async def job() -> None:
@@ -44,7 +45,7 @@ def test_never_more_than_max_in_flight() -> None:
 
 def test_a_narrow_tree_is_not_starved_by_a_wide_one() -> None:
     async def main() -> list:
-        scheduler = ExpansionScheduler(2)
+        scheduler = FairExpansionScheduler(2)
         log: list = []
         gate = asyncio.Event()
         wide = [asyncio.create_task(scheduler.run("wide", lambda i=i: _job(log, f"w{i}", gate)))
@@ -64,7 +65,7 @@ def test_a_narrow_tree_is_not_starved_by_a_wide_one() -> None:
 
 def test_cancelled_waiter_is_withdrawn_and_running_job_is_cancelled() -> None:
     async def main() -> None:
-        scheduler = ExpansionScheduler(1)
+        scheduler = FairExpansionScheduler(1)
         started = asyncio.Event()
         never = asyncio.Event()
         cancelled = []
@@ -97,7 +98,7 @@ def test_cancelled_waiter_is_withdrawn_and_running_job_is_cancelled() -> None:
 
 def test_rejects_zero_capacity() -> None:
     with pytest.raises(ValueError):
-        ExpansionScheduler(0)
+        FairExpansionScheduler(0)
 
 
 def test_cancelling_a_request_whose_jobs_are_queued_leaks_no_slot() -> None:
@@ -107,7 +108,7 @@ def test_cancelling_a_request_whose_jobs_are_queued_leaks_no_slot() -> None:
     hand those slots to the request's own queued jobs, whose waits are already cancelled."""
 
     async def main() -> None:
-        scheduler = ExpansionScheduler(2)
+        scheduler = FairExpansionScheduler(2)
         never = asyncio.Event()
 
         async def blocking() -> None:
@@ -131,7 +132,7 @@ def test_slots_alternate_between_keys_by_jobs_running() -> None:
     however many jobs the other key has queued; within a key, jobs start oldest first."""
 
     async def main() -> list[str]:
-        scheduler = ExpansionScheduler(2)
+        scheduler = FairExpansionScheduler(2)
         log: list = []
         gates: dict[str, asyncio.Event] = {}
 
@@ -177,7 +178,7 @@ class _OneStepRebase(Rebase):
 def test_all_trees_of_one_http_request_share_one_fairness_key() -> None:
     """Fairness is across HTTP requests: 2 prompts x n=3 trees must not count as 6 requests."""
     scheduler = _RecordingScheduler()
-    resources = Resources(rebase_scheduler=scheduler)
+    resources = replace(Resources.build(Settings(), None), rebase_scheduler=scheduler)
     inp = MethodInput(
         prompt_token_ids=[1, 2, 3],
         prompt_text="Q: 3 + 4?",

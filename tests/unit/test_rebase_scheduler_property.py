@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from server.rebase.scheduler import ExpansionScheduler, KvCost, PriorityScheduler
+from server.rebase.scheduler import FairExpansionScheduler, KvCost, PriorityScheduler
 
 KEYS = ("a", "b", "c")
 
@@ -38,7 +38,7 @@ class _Job:
 
 @dataclass
 class _World:
-    scheduler: ExpansionScheduler
+    scheduler: FairExpansionScheduler
     jobs: list[_Job] = field(default_factory=list)
 
     def running(self) -> int:
@@ -56,7 +56,7 @@ class _World:
                 job.ended = True
 
         # PriorityScheduler reads the rank and the KV cost (siblings share a group per key and
-        # rank); ExpansionScheduler ignores them.
+        # rank); FairExpansionScheduler ignores them.
         kv = KvCost(group=(key, rank), shared_blocks=rank, own_blocks=1 + job.index % 3)
         job.task = asyncio.create_task(self.scheduler.run(key, body, rank=(rank,), kv=kv))
         self.jobs.append(job)
@@ -104,7 +104,7 @@ def _act(world: _World, op: str, arg: object) -> None:
 
 
 SCHEDULERS = {
-    "fair": lambda capacity: ExpansionScheduler(capacity),
+    "fair": lambda capacity: FairExpansionScheduler(capacity),
     "priority": lambda capacity: PriorityScheduler(capacity),
     # A KV cache of 6 blocks: jobs (1-3 own blocks, 0-3 shared) are often held back for room.
     "priority_kv": lambda capacity: PriorityScheduler(capacity, kv_blocks=6, kv_watermark=1.0),
