@@ -22,7 +22,8 @@ import httpx
 
 from loadtest.harness.provenance import engine_report, measuring, record_accounting, record_side
 from server.app.vllm_cli import COMMAND as VLLM_CLI_COMMAND
-from server.core.config import default_cpu_threads_bind, omp_threads_bind_value
+from server.core.config import default_cpu_threads_bind
+from server.engines.vllm_startup import engine_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -250,22 +251,23 @@ def start_vllm_serve(
 ) -> ServerProcess:
     port = port or free_port()
     env = {
-        "VLLM_CPU_KVCACHE_SPACE": str(engine.kv_cache_gib),
+        # The engine core's environment exactly as the gateway's own engine gets it
+        # (server/engines/vllm_startup.py): its KV space, the cores the gateway would bind by
+        # default (so both sides of a comparison run the model on the same cores), and on GPU
+        # the V1 runner that REPLICA_FLAGS' V1-interface processor needs (docs/scaling.md).
+        **engine_environment(
+            cpu=True,
+            kv_cache_gib=engine.kv_cache_gib,
+            threads_bind=default_cpu_threads_bind(),
+            model_runner="v1",
+        ),
         "PYTHONUNBUFFERED": "1",
         "HF_HUB_OFFLINE": "1",
-        # REPLICA_FLAGS load the V1-interface processor; on GPU vLLM would start Model Runner
-        # V2, which refuses it (the CPU backend runs V1 anyway). docs/scaling.md.
-        "VLLM_USE_V2_MODEL_RUNNER": "0",
         # The console script's own folder heads its sys.path, not the working directory: put
         # this checkout first so the replica runs the code under test (our logits processor),
         # not whatever copy the environment has installed.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    # The cores the gateway's own engine would use by default, so both sides of a comparison
-    # run the model on the same cores (server/core/config.py, default_cpu_threads_bind).
-    bind = omp_threads_bind_value(default_cpu_threads_bind())
-    if bind is not None:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = bind
     server = start_server(
         "vllm", vllm_serve_command(engine, port, *extra_args), env, log_path, port
     )

@@ -9,7 +9,6 @@ call to the request's :class:`~server.core.usage.UsageMeter`.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,11 @@ from kernels.quiet_star import PROCESSOR_V2_FQCN as QUIET_STAR_PROCESSOR_V2
 from kernels.quiet_star.checkpoint_setup import model_setup
 from kernels.quiet_star.plugin import register as register_quiet_star_model
 from kernels.quiet_star.scheduler import SCHEDULER_FQCN as QUIET_STAR_SCHEDULER
-from server.core.config import Settings, omp_threads_bind_value
+from server.core.config import Settings
 from server.core.flops import FlopsModel
 from server.core.request_ids import engine_request_id
 from server.core.usage import Component, UsageMeter
+from server.engines.vllm_startup import engine_environment, start_async_llm
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +43,8 @@ def resolve_model_path(settings: Settings) -> str:
 
 
 def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
-    """Translate our settings into vLLM's; hardware defaults must be resolved already."""
-    if settings.device == "cpu":
-        # Without this, vLLM's CPU backend reserves most of the machine's RAM for KV cache.
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
-        bind = omp_threads_bind_value(settings.cpu_threads_bind or "auto")
-        if bind is not None:  # vLLM's engine processes inherit it
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
-    else:
-        # On GPU vLLM defaults to Model Runner V2, which refuses V1-interface processors: pin
-        # the runner the operator chose, and load our processor written for it.
-        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if settings.model_runner == "v2" else "0"
+    """Translate our settings into vLLM's; hardware defaults must be resolved already. The
+    environment its engine core needs is `engine_env(settings)`."""
     continuation = settings.quiet_star_engine == "continuation"
     return AsyncEngineArgs(
         model=model_path,
@@ -83,6 +74,18 @@ def build_engine_args(settings: Settings, model_path: str) -> AsyncEngineArgs:
             if continuation
             else {}
         ),
+    )
+
+
+def engine_env(settings: Settings) -> dict[str, str]:
+    """The engine core's environment (server/engines/vllm_startup.py): on GPU, the runner the
+    operator chose, whose processor `quiet_star_processor` loads."""
+    cpu = settings.device == "cpu"
+    return engine_environment(
+        cpu=cpu,
+        kv_cache_gib=settings.kv_cache_gib,
+        threads_bind=settings.cpu_threads_bind,
+        model_runner=None if cpu else settings.model_runner,
     )
 
 
@@ -129,7 +132,7 @@ class Engine:
         model_path = resolve_model_path(settings)
         args = build_engine_args(settings, model_path)
         logger.info("starting vLLM engine for %s", model_path)
-        llm = AsyncLLM.from_engine_args(args)
+        llm = start_async_llm(args, engine_env(settings))
         return cls(
             llm=llm,
             model_name=served_name(settings, model_path),

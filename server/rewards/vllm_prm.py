@@ -39,10 +39,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -306,8 +304,8 @@ class VllmProcessRewardModel(RewardModel):
             return self
         from vllm.platforms import current_platform
         from vllm.tokenizers import get_tokenizer
-        from vllm.v1.engine.async_llm import AsyncLLM
 
+        from server.engines.vllm_startup import engine_environment, start_async_llm
         from server.rewards.prm_stats import PrmTokenLogger
 
         cfg = self.config
@@ -323,9 +321,9 @@ class VllmProcessRewardModel(RewardModel):
         logger.info(
             "starting PRM engine %s (%s, tag id %d)", cfg.model, cfg.style, self.step_tag_id
         )
-        with _cpu_kv_cache_space(cfg.kv_cache_gib if current_platform.is_cpu() else None):
-            # its own token counter (vLLM's default loggers stay off: see build_prm_engine_args)
-            self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[PrmTokenLogger])
+        env = engine_environment(cpu=current_platform.is_cpu(), kv_cache_gib=cfg.kv_cache_gib)
+        # its own token counter (vLLM's default loggers stay off: see build_prm_engine_args)
+        self.llm = start_async_llm(args, env, stat_loggers=[PrmTokenLogger])
         self.max_model_len = self.llm.model_config.max_model_len
         self.flops = _flops_model(self.llm.model_config.hf_config)
         return self
@@ -397,27 +395,6 @@ class VllmProcessRewardModel(RewardModel):
         if len(tag_scores) < len(steps):
             logger.warning("PRM saw %d of %d step tags", len(tag_scores), len(steps))
         return align_step_scores(tag_scores, len(steps))
-
-
-@contextmanager
-def _cpu_kv_cache_space(gib: int | None) -> Iterator[None]:
-    """Set ``VLLM_CPU_KVCACHE_SPACE`` while an engine starts, then restore it.
-
-    The variable is read by the engine-core process when it is spawned, so each engine in the
-    gateway process gets its own size; restoring keeps the policy's value for anything later.
-    ``None`` (not on CPU) leaves the environment alone."""
-    if gib is None:
-        yield
-        return
-    saved = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-        else:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = saved
 
 
 def _flops_model(hf_config: Any) -> FlopsModel | None:

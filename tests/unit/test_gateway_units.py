@@ -14,7 +14,7 @@ from server.api.errors import validation_error
 from server.api.protocol import CompletionRequest
 from server.core import config
 from server.core.config import Settings, default_cpu_threads_bind, resolve_hardware_defaults
-from server.engines.inprocess import build_engine_args
+from server.engines.inprocess import build_engine_args, engine_env
 from server.methods.detokenize import IncrementalText
 from server.methods.streams import merge_streams
 
@@ -111,13 +111,15 @@ def test_small_machines_bind_the_model_to_every_core_unless_the_operator_chose(
 @pytest.mark.parametrize(
     ("setting", "exported"), [("all", "0,1,3"), ("auto", None), ("2-5", "2-5")]
 )
-def test_engine_args_export_the_cpu_thread_binding(
-    monkeypatch, tiny_model_dir, setting, exported
+def test_the_engine_environment_carries_the_cpu_thread_binding(
+    monkeypatch, setting, exported
 ) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 0, 1})
     settings = resolve_hardware_defaults(Settings(device="cpu", cpu_threads_bind=setting))
-    build_engine_args(settings, str(tiny_model_dir))
-    assert os.environ.get("VLLM_CPU_OMP_THREADS_BIND") == exported
+    env = engine_env(settings)
+    assert env.get("VLLM_CPU_OMP_THREADS_BIND") == exported
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == str(settings.kv_cache_gib)
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in env
 
 
 def test_explicit_settings_win_over_hardware_defaults() -> None:
@@ -138,7 +140,7 @@ def test_engine_args_register_quiet_star_and_pin_v1_runner_on_gpu(
     gpu = resolve_hardware_defaults(Settings(device="cuda"))
     args = build_engine_args(gpu, str(tiny_model_dir))
     assert args.logits_processors == ["kernels.quiet_star.processor:QuietStarLogitsProcessor"]
-    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    assert engine_env(gpu) == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
     assert args.enable_prefix_caching and args.block_size == 16
 
 
@@ -149,7 +151,7 @@ def test_model_runner_v2_loads_the_v2_processor_on_gpu_and_is_refused_on_cpu(
     gpu = resolve_hardware_defaults(Settings(device="cuda", model_runner="v2"))
     args = build_engine_args(gpu, str(tiny_model_dir))
     assert args.logits_processors == ["kernels.quiet_star.processor_v2:QuietStarLogitsProcessorV2"]
-    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "1"
+    assert engine_env(gpu) == {"VLLM_USE_V2_MODEL_RUNNER": "1"}
     with pytest.raises(ValueError, match=r"model_runner: .* only with Triton"):
         resolve_hardware_defaults(Settings(device="cpu", model_runner="v2"))
 

@@ -13,6 +13,7 @@ import torch
 
 from server.core.flops import FlopsModel
 from server.core.usage import UsageMeter
+from server.engines.vllm_startup import engine_environment, environment
 from server.rewards import REWARD_MODELS, build_reward_model
 from server.rewards.arithmetic import ArithmeticRewardModel
 from server.rewards.base import check_scores
@@ -27,7 +28,6 @@ from server.rewards.policy_judge import (
 from server.rewards.vllm_prm import (
     VllmPrmConfig,
     VllmProcessRewardModel,
-    _cpu_kv_cache_space,
     align_step_scores,
     build_prm_engine_args,
     format_math_shepherd,
@@ -400,16 +400,17 @@ def test_prm_config_from_settings() -> None:
     assert config.gpu_memory_utilization == pytest.approx(0.45)
 
 
-def test_cpu_kv_cache_space_is_set_for_the_start_then_restored(monkeypatch) -> None:
+def test_an_engine_environment_is_set_for_the_start_then_restored(monkeypatch) -> None:
+    """Each engine of the process (policy, PRM) gets its own KV space: set while it starts."""
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
-    with _cpu_kv_cache_space(1):
+    with environment(engine_environment(cpu=True, kv_cache_gib=1)):
         assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "4"
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
-    with _cpu_kv_cache_space(2):
+    with environment(engine_environment(cpu=True, kv_cache_gib=2)):
         assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert "VLLM_CPU_KVCACHE_SPACE" not in os.environ
-    with _cpu_kv_cache_space(None):  # not on CPU: untouched
+    with environment(engine_environment(cpu=False, kv_cache_gib=2)):  # not on CPU: untouched
         assert "VLLM_CPU_KVCACHE_SPACE" not in os.environ
 
 
