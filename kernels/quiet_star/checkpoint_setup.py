@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kernels.quiet_star import checkpoint
+from kernels.quiet_star.plugin import register as register_quiet_star_model
 from kernels.quiet_star.tokenizer import resolve_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,18 @@ def model_setup(settings, model_path: str) -> ModelSetup:
         Path(settings.cache_dir),
         bool(settings.trust_remote_code),
     )
+
+
+def quiet_star_overrides(settings, model_path: str) -> dict | None:
+    """A Quiet-STaR checkpoint says `MistralForCausalLM`; it is served with our architecture,
+    which loads its mixing head and thought embeddings (docs/quiet_star.md). Recognised by the
+    Quiet-STaR keys of its config.json and checked against the served tokenizer (above); other
+    models are served as they are (None). The in-process engine passes these to vLLM, the remote
+    engine applies them to the config it reads, so both see the model the replicas serve."""
+    overrides = model_setup(settings, model_path).hf_overrides
+    if overrides is not None:
+        register_quiet_star_model()  # here; engine processes: kernels/quiet_star/plugin.py
+    return overrides
 
 
 @functools.cache

@@ -21,8 +21,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from kernels.quiet_star import PROCESSOR_FQCN as QUIET_STAR_PROCESSOR
 from kernels.quiet_star import PROCESSOR_V2_FQCN as QUIET_STAR_PROCESSOR_V2
-from kernels.quiet_star.checkpoint_setup import model_setup
-from kernels.quiet_star.plugin import register as register_quiet_star_model
+from kernels.quiet_star.checkpoint_setup import model_setup, quiet_star_overrides
 from kernels.quiet_star.scheduler import SCHEDULER_FQCN as QUIET_STAR_SCHEDULER
 from server.core.config import Settings
 from server.core.flops import FlopsModel
@@ -95,17 +94,6 @@ def quiet_star_processor(settings: Settings) -> str:
     if settings.device != "cpu" and settings.model_runner == "v2":
         return QUIET_STAR_PROCESSOR_V2
     return QUIET_STAR_PROCESSOR
-
-
-def quiet_star_overrides(settings: Settings, model_path: str) -> dict | None:
-    """A Quiet-STaR checkpoint says `MistralForCausalLM`; serve it with our architecture,
-    which loads its mixing head and thought embeddings (docs/quiet_star.md). Recognised by
-    the Quiet-STaR keys of its config.json, and checked against the served tokenizer
-    (kernels/quiet_star/checkpoint_setup.py); other models are served as they are."""
-    overrides = model_setup(settings, model_path).hf_overrides
-    if overrides is not None:
-        register_quiet_star_model()  # here; engine processes: kernels/quiet_star/plugin.py
-    return overrides
 
 
 def served_name(settings: Settings, model_path: str) -> str:

@@ -564,10 +564,10 @@ def _wait_for_model(url: str, settings: Settings) -> dict:
 
 def _load_hf_config(settings: Settings, model_path: str) -> Any:
     """The model's config as the replicas serve it (a Quiet-STaR checkpoint gets the same
-    architecture override the in-process engine applies, server/engines/inprocess.py)."""
+    architecture override the in-process engine applies)."""
     from transformers import AutoConfig
 
-    from server.engines.inprocess import quiet_star_overrides
+    from kernels.quiet_star.checkpoint_setup import quiet_star_overrides
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=settings.trust_remote_code)
     for key, value in (quiet_star_overrides(settings, model_path) or {}).items():
