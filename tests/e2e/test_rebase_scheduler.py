@@ -1,4 +1,5 @@
-"""End-to-end: the REBASE scheduler at a small cap survives cancelled wide trees (issue 9), and
+"""End-to-end: the REBASE scheduler at a small cap survives cancelled wide trees (no slot
+leaks), and
 a request over the per-request work bound is answered 400.
 
 Why its own gateway: the leak needs trees wider than the scheduler's cap. At the default cap

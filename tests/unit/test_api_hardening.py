@@ -7,7 +7,6 @@ same behaviour against the real gateway.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import json
 import logging
@@ -30,30 +29,6 @@ from server.core.request_ids import REQUEST_ID, accept_request_id, engine_reques
 from server.core.requests import SamplingSpec
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
-
-
-# ---- layering ------------------------------------------------------------------------------
-def _imports(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    return names
-
-
-def test_nothing_below_the_http_layer_imports_it() -> None:
-    # the app layer: the process, its start-up and the warm-up that drives the API's service
-    top = {SERVER / "app.py", SERVER / "__main__.py", SERVER / "warmup.py"}
-    offenders = {
-        str(path.relative_to(SERVER)): sorted(
-            m for m in _imports(path) if m.startswith("server.api")
-        )
-        for path in SERVER.rglob("*.py")
-        if SERVER / "api" not in path.parents and path not in top
-    }
-    assert {k: v for k, v in offenders.items() if v} == {}
 
 
 # ---- ASGI helpers ---------------------------------------------------------------------------

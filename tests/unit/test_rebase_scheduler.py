@@ -102,7 +102,7 @@ def test_rejects_zero_capacity() -> None:
 
 
 def test_cancelling_a_request_whose_jobs_are_queued_leaks_no_slot() -> None:
-    """The leak of issue 9: a request is cancelled while it has running AND queued jobs.
+    """The slot leak once found: a request is cancelled while it has running AND queued jobs.
 
     Its running jobs free their slots first (their tasks wake first); the scheduler must not
     hand those slots to the request's own queued jobs, whose waits are already cancelled."""

@@ -1,5 +1,5 @@
 """Property test: the scheduler's slot accounting under any interleaving of grant, cancel,
-finish and failure (issue 9: a cancelled waiter used to be handed a slot that was never
+finish and failure (a cancelled waiter used to be handed a slot that was never
 returned, so the scheduler wedged).
 
 Hypothesis draws a program of rounds; the test runs it on a real event loop. The actions of a
@@ -163,7 +163,8 @@ async def _play(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-# The race of issue 9, pinned: job 0 finishes and queued job 1 is cancelled in one loop turn.
+# The race that once leaked a slot, pinned: job 0 finishes and queued job 1 is cancelled in
+# one loop turn.
 @example(
     capacity=1,
     program=[
