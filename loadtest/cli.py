@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from loadtest.conventions import PAPER_GFLOPS_PER_TOKEN
-from loadtest.data import DataError, default_source, load_problems
+from loadtest.harness.data import DataError, default_source, load_problems
 from loadtest.harness.lock import LockHeld, measurement_lock
 from loadtest.prompts import DEFAULT_TEMPLATE, PromptBuilder, load_chat_tokenizer
 from loadtest.protocols import ANSWER_METHOD_KEY, PROTOCOLS, MethodConfig, Protocol
@@ -335,8 +335,8 @@ def _log(msg: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from loadtest.client import GatewayClient
     from loadtest.harness import accounting
+    from loadtest.harness.client import GatewayClient
     from loadtest.harness.results import provenance
     from loadtest.records import append_record, write_records
     from loadtest.report import write_report
