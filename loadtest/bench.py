@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from loadtest.data import Problem
+from loadtest.harness.data import Problem
 from server.app.vllm_cli import COMMAND as VLLM_CLI_COMMAND
 
 

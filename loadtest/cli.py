@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from loadtest.conventions import PAPER_GFLOPS_PER_TOKEN
-from loadtest.data import DataError, default_source, load_problems
+from loadtest.harness.data import DataError, default_source, load_problems
 from loadtest.harness.lock import LockHeld, measurement_lock
 from loadtest.prompts import DEFAULT_TEMPLATE, PromptBuilder, load_chat_tokenizer
 from loadtest.protocols import ANSWER_METHOD_KEY, PROTOCOLS, MethodConfig, Protocol
@@ -335,8 +335,8 @@ def _log(msg: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from loadtest.client import GatewayClient
     from loadtest.harness import accounting
+    from loadtest.harness.client import GatewayClient
     from loadtest.harness.results import provenance
     from loadtest.records import append_record, write_records
     from loadtest.report import write_report
@@ -472,10 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "run")  # `python -m loadtest --limit 3` means `run --limit 3`
-    if argv[0] == "docs":  # its own small parser (loadtest/docs.py)
-        from loadtest.docs import main as docs_main
-
-        return docs_main(argv[1:])
+    if argv[0] == "docs":  # listed for --help; it runs above the benchmarks (__main__.py)
+        raise SystemExit("error: run `python -m loadtest docs` (loadtest/docs.py)")
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "report": cmd_report, "export-bench": cmd_export_bench}
     try:

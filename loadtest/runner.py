@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from loadtest.client import CallResult, GatewayClient
 from loadtest.conventions import DEFAULT_MAX_STEP_TOKENS, seed_first_integer, seed_tokens
-from loadtest.data import Problem
+from loadtest.harness.client import CallResult, GatewayClient
+from loadtest.harness.data import Problem
 from loadtest.harness.driver import drive
 from loadtest.protocols import MethodConfig
 from loadtest.records import Record

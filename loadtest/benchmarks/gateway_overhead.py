@@ -92,7 +92,7 @@ def vllm_bench_view(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace, rnd: int, side: str) -> dict[str, Any]:
-    from loadtest.benchmarks.vllm_bench import run_vllm_bench, vllm_bench_command
+    from loadtest.harness.vllm_bench import run_vllm_bench, vllm_bench_command
 
     engine = cli.engine_settings(args)
     logs = cli.logs_dir(args)

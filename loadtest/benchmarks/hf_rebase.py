@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from loadtest.benchmarks.rebase_bench import TreeSettings
-from loadtest.data import Problem
 from loadtest.harness import cli
+from loadtest.harness.data import Problem
 from loadtest.harness.provenance import record_hf_side
+from loadtest.harness.rebase_tree import TreeSettings
 from loadtest.harness.results import write_result
 from loadtest.harness.servers import EngineSettings
 from server.core.answers import extract_answer

@@ -39,10 +39,11 @@ from transformers import AutoTokenizer
 from kernels.quiet_star.scheduler import MIN_FUSED_TOKENS
 from loadtest.harness import accounting, cli
 from loadtest.harness.driver import run_bodies
+from loadtest.harness.metrics import metric_total
 from loadtest.harness.provenance import adopt_sides, record_hf_side
 from loadtest.harness.results import spread
 from loadtest.harness.rounds import run_rounds
-from loadtest.harness.servers import REPO, metric_total, start_gateway
+from loadtest.harness.servers import REPO, start_gateway
 from loadtest.harness.tables import cell, fmt, fmt_spread, markdown_table
 from server.core.answers import answers_match, extract_answer
 from server.quiet_star.delimiters import resolve_delimiters

@@ -37,17 +37,19 @@ import statistics
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
-from loadtest.client import CallResult
-from loadtest.data import Problem
 from loadtest.harness import accounting, cli
+from loadtest.harness.client import CallResult
+from loadtest.harness.data import Problem
 from loadtest.harness.driver import run_bodies
+from loadtest.harness.metrics import metric_total, scrape_metrics
 from loadtest.harness.provenance import adopt_sides
+from loadtest.harness.rebase_tree import TreeSettings
 from loadtest.harness.results import by_side, spread
 from loadtest.harness.rounds import run_rounds
-from loadtest.harness.servers import REPO, metric_total, scrape_metrics, start_gateway
+from loadtest.harness.servers import REPO, start_gateway
 from loadtest.harness.tables import fmt, fmt_spread, markdown_table
 from server.core.answers import answers_match
 
@@ -58,43 +60,6 @@ ENGINE_COUNTERS = (
     "vllm:prompt_tokens_cached_total",
     "vllm:num_preemptions_total",
 )
-
-
-@dataclass(frozen=True)
-class TreeSettings:
-    """The REBASE block and the sampling every configuration (and the HF side) shares."""
-
-    width: int = 8
-    max_tokens: int = 256
-    max_step_tokens: int = 64
-    step_delimiter: str = "\n"
-    balance_temperature: float = 0.2
-    max_depth: int = 25
-    temperature: float = 1.0
-    reward_model: str = "arithmetic"
-    seed: int = 0
-
-    def seed_for(self, index: int) -> int:
-        """One seed per question: the same tree in every configuration."""
-        return self.seed * 100_003 + index
-
-    def body(self, model: str, problem: Problem, prompt: str, n: int | None = None) -> dict:
-        """The REBASE request, or with ``n`` plain best-of-n sampling under the same cap."""
-        body: dict[str, Any] = {
-            "model": model,
-            "prompt": prompt,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "seed": self.seed_for(problem.index),
-        }
-        if n is not None:
-            return {**body, "n": n, "method": "baseline"}
-        block = {
-            k: getattr(self, k)
-            for k in ("width", "max_step_tokens", "step_delimiter", "balance_temperature")
-        }
-        block |= {"max_depth": self.max_depth, "reward_model": self.reward_model}
-        return {**body, "method": "rebase", "rebase": block}
 
 
 def parse_config(name: str) -> tuple[str, int]:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from loadtest.harness.servers import metric_total, scrape_metrics
+from loadtest.harness.metrics import metric_total, scrape_metrics
 
 VLLM_TOKENS = "vllm:iteration_tokens_total_sum"
 PRM_TOKENS = "thinkscale_prm_iteration_tokens_total"

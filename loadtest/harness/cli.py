@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtest.data import DataError, Problem, default_source, load_problems
+from loadtest.harness.data import DataError, Problem, default_source, load_problems
 from loadtest.harness.lock import LockHeld, measurement_lock
 from loadtest.harness.provenance import pin_source
 from loadtest.harness.results import write_result

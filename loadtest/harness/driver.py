@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from loadtest.client import CallResult, GatewayClient
+from loadtest.harness.client import CallResult, GatewayClient
 
 R = TypeVar("R")
 

@@ -314,26 +314,6 @@ def start(kind: str, engine: EngineSettings, log_path: Path, *extra_args: str) -
     raise ValueError(f"unknown server kind {kind!r}")
 
 
-def scrape_metrics(url: str) -> dict[str, float]:
-    """All samples of ``/metrics`` as ``{"name{labels}": value}``."""
-    samples: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                samples[name] = float(value)
-    return samples
-
-
-def metric_total(samples: dict[str, float], name: str, label: str | None = None) -> float:
-    """Sum of every sample of one metric (optionally only those whose labels contain ``label``)."""
-    return sum(
-        v
-        for k, v in samples.items()
-        if (k == name or k.startswith(name + "{")) and (label is None or label in k)
-    )
-
-
 # ---- scale-out: `vllm serve` replicas that load our extensions, behind a router ------------------
 
 # What a replica needs to serve every method (docs/scaling.md): our logits processor (the

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.data import load_problems
+from loadtest.harness.data import load_problems
 from loadtest.plots import PLOT_FILES
 from loadtest.records import read_records
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.harness import servers
+from loadtest.harness import metrics, servers
 from loadtest.harness.servers import EngineSettings, ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +60,7 @@ class Cluster:
     log_dir: Path
 
     def counts(self, name: str = SUCCESS) -> list[float]:
-        return [servers.metric_total(servers.scrape_metrics(r.url), name) for r in self.replicas]
+        return [metrics.metric_total(metrics.scrape_metrics(r.url), name) for r in self.replicas]
 
 
 @pytest.fixture(scope="module")
@@ -275,8 +275,8 @@ def test_a_killed_replica_fails_over_and_a_restarted_one_rejoins(cluster: Cluste
         ]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # kill it while it has work in flight
-            running = servers.metric_total(
-                servers.scrape_metrics(victim.url), "vllm:num_requests_running"
+            running = metrics.metric_total(
+                metrics.scrape_metrics(victim.url), "vllm:num_requests_running"
             )
             if running > 0:
                 break

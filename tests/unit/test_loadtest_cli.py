@@ -142,3 +142,24 @@ def test_explicit_options_beat_the_preset() -> None:
     assert settings.n == 1  # REBASE keeps one answer per request
     with pytest.raises(SystemExit, match="not a config of the seed protocol"):
         resolved("--protocol", "seed", "--methods", "beam")
+
+
+def test_python_m_loadtest_runs_docs_and_the_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m loadtest docs` reaches loadtest/docs.py through the entry point (the replay's
+    command line sits below the benchmarks and so cannot import it); the rest goes to cli.py."""
+    import loadtest.__main__ as entry
+    from loadtest import cli, docs
+
+    calls: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(docs, "main", lambda argv: calls.append(("docs", argv)) or 0)
+    monkeypatch.setattr(cli, "main", lambda argv: calls.append(("cli", argv)) or 0)
+    assert entry.main(["docs", "--check"]) == 0
+    assert entry.main(["--limit", "3"]) == 0
+    assert calls == [("docs", ["--check"]), ("cli", ["--limit", "3"])]
+
+
+def test_the_replay_command_line_points_docs_to_the_entry_point() -> None:
+    from loadtest.cli import main
+
+    with pytest.raises(SystemExit, match="python -m loadtest docs"):
+        main(["docs", "--check"])

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import data
-from loadtest.data import DataError, load_problems, load_split, reference_answer, select
+from loadtest.harness import data
+from loadtest.harness.data import DataError, load_problems, load_split, reference_answer, select
 
 SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "gsm8k_sample.jsonl"
 

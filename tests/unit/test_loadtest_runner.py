@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtest.client import GatewayClient, base_url
-from loadtest.data import Problem
+from loadtest.harness.client import GatewayClient, base_url
+from loadtest.harness.data import Problem
 from loadtest.harness.driver import poisson_arrivals
 from loadtest.protocols import MethodConfig
 from loadtest.runner import (
