@@ -165,11 +165,10 @@ def test_a_setting_the_machine_cannot_honour_exits_with_its_message(capsys) -> N
     assert "model_runner" in capsys.readouterr().err
 
 
-def test_engine_args_bound_the_cpu_kv_cache(monkeypatch, tiny_model_dir) -> None:
-    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+def test_the_engine_bounds_the_cpu_kv_cache(tiny_model_dir) -> None:
     cpu = resolve_hardware_defaults(Settings(device="cpu", kv_cache_gib=3))
     args = build_engine_args(cpu, str(tiny_model_dir))
-    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert engine_env(cpu)["VLLM_CPU_KVCACHE_SPACE"] == "3"
     assert args.block_size == 32
 
 
