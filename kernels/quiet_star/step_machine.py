@@ -47,7 +47,7 @@ def validate_quiet_star_params(sampling_params: SamplingParams) -> None:
     if spec.continuation:
         return  # a whole sequence: the scheduler rolls each token's thought back
     if sampling_params.max_tokens is not None and sampling_params.max_tokens > spec.steps:
-        raise ValueError(f"a Quiet-STaR request runs at most {spec.steps} steps (t + 3)")
+        raise ValueError(f"a Quiet-STaR request runs at most {spec.steps} steps (s + t + e + 1)")
 
 
 class RoundRow(Protocol):

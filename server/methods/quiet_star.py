@@ -45,10 +45,12 @@ class QuietStar(Method):
     ) -> AsyncIterator[ChoiceDelta]:
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         decoder = QuietStarDecoder(
-            ctx,
+            ctx.engine,
+            ctx.meter,
             params,
             inp.sampling,
             seed_base=(inp.sampling.seed or 0) + index,
+            request_id=ctx.request_id,
             routing_key=f"{ctx.request_id}-{index}",  # one sequence: one replica's cache
         )
         text = IncrementalText(ctx.engine.tokenizer, inp.sampling.stop)

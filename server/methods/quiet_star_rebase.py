@@ -60,7 +60,13 @@ class QuietStarRebase(Rebase):
         # per token, so the gateway-side order of the REBASE scheduler is what ranks its work.
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         decoder = QuietStarDecoder(
-            ctx, params, inp.sampling, seed_base=seed or 0, routing_key=routing_key
+            ctx.engine,
+            ctx.meter,
+            params,
+            inp.sampling,
+            seed_base=seed or 0,
+            request_id=ctx.request_id,
+            routing_key=routing_key,
         )
         text = IncrementalText(ctx.engine.tokenizer, stops)
         stop_ids = decoder.stop_token_ids

@@ -28,16 +28,21 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
-from kernels.quiet_star.spec import QuietStarSpec
-from server.methods.base import MethodContext, SamplingSpec
+from kernels.quiet_star.spec import QuietStarSpec, step_positions
+from server.engines.base import PolicyEngine
 from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
 from server.quiet_star.served_model import DEFAULT_MIXING_WEIGHT, served_model
 from server.tracing import engine_request_id
+from server.usage import UsageMeter
+
+if TYPE_CHECKING:  # the request types live with the methods, which import this module
+    from server.methods.base import SamplingSpec
 
 
 @dataclass
@@ -53,21 +58,28 @@ class Piece:
 
 
 class QuietStarDecoder:
-    """Produces visible tokens for one sequence; stopping is the caller's business."""
+    """Produces visible tokens for one sequence; stopping is the caller's business.
+
+    It needs the engine, the meter its calls are charged to and the request's sampling, not
+    the method's context: the methods build on it, it does not build on them."""
 
     def __init__(
         self,
-        ctx: MethodContext,
+        engine: PolicyEngine,
+        meter: UsageMeter,
         params: QuietStarParams,
         sampling: SamplingSpec,
+        *,
         seed_base: int,
+        request_id: str,
         routing_key: str | None = None,
     ) -> None:
-        self.ctx, self.params, self.sampling = ctx, params, sampling
+        self.engine, self.meter, self.params, self.sampling = engine, meter, params, sampling
+        self.request_id = request_id  # the prompt's: engine request ids derive from it
         # Every call of this sequence extends one context: one replica's prefix cache.
         self.routing_key = routing_key
-        tokenizer = ctx.engine.tokenizer
-        self.model = served_model(ctx.engine)
+        tokenizer = engine.tokenizer
+        self.model = served_model(engine)
         self.start_ids, self.end_ids = resolve_delimiters(
             tokenizer, params.start_token, params.end_token
         )
@@ -82,7 +94,7 @@ class QuietStarDecoder:
             self.mixing_source, self.mixing_weight = "head", 0.0  # w comes from the head
         else:
             self.mixing_source, self.mixing_weight = "request", DEFAULT_MIXING_WEIGHT
-        eos = ctx.engine.eos_token_id
+        eos = engine.eos_token_id
         delimiters = {*self.start_ids, *self.end_ids}
         if self.model.has_mixing_head:
             # The reference bans only the thought tokens inside a thought (EOS may be thought).
@@ -110,7 +122,7 @@ class QuietStarDecoder:
     @property
     def steps(self) -> int:
         """Engine steps of one thinking token (start, thought, end, talk)."""
-        return len(self.start_ids) + self.thought_tokens + len(self.end_ids) + 1
+        return step_positions(len(self.start_ids), self.thought_tokens, len(self.end_ids))
 
     def context(self, prompt_ids: list[int]) -> list[int]:
         """The prompt as the model expects it: after BOS when its tokenizer adds one (the
@@ -123,7 +135,7 @@ class QuietStarDecoder:
     @property
     def continuation(self) -> bool:
         """One engine request per sequence (the engine's continuation scheduler is on)."""
-        return bool(getattr(self.ctx.engine, "quiet_star_continuation", False))
+        return bool(getattr(self.engine, "quiet_star_continuation", False))
 
     def spec(self, visible: int, *, context_len: int | None = None) -> QuietStarSpec:
         """The processor's arguments: for one step at `visible` tokens, or (`context_len` set)
@@ -178,11 +190,11 @@ class QuietStarDecoder:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         final = None
-        call = self.ctx.engine.generate(
+        call = self.engine.generate(
             context_ids,
             params,
-            self.ctx.meter,
-            request_id=engine_request_id(self.ctx.request_id),
+            self.meter,
+            request_id=engine_request_id(self.request_id),
             routing_key=self.routing_key,
         )
         async with aclosing(call) as outputs:
@@ -191,7 +203,7 @@ class QuietStarDecoder:
         self.engine_calls += 1
         completion = final.outputs[0]
         tokens = list(completion.token_ids)
-        self.ctx.meter.thought_tokens += min(len(tokens), spec.thought_steps)
+        self.meter.thought_tokens += min(len(tokens), spec.thought_steps)
         if len(tokens) != spec.steps:
             return None
         s = len(spec.start_token_ids)
@@ -231,11 +243,11 @@ class QuietStarDecoder:
         round_ids: list[int] = []
         produced = 0
         finish = None
-        call = self.ctx.engine.generate(
+        call = self.engine.generate(
             context_ids,
             params,
-            self.ctx.meter,
-            request_id=engine_request_id(self.ctx.request_id),
+            self.meter,
+            request_id=engine_request_id(self.request_id),
             rollback_steps=steps,
         )
         async with aclosing(call) as outputs:  # a caller that stops early aborts the call
@@ -253,12 +265,12 @@ class QuietStarDecoder:
                     pieces.append(
                         Piece([token], [round_ids[s : s + t]], [round_ids], logprobs=logprobs)
                     )
-                    self.ctx.meter.thought_tokens += steps - 1
+                    self.meter.thought_tokens += steps - 1
                     round_ids = []
                 for piece in pieces:
                     produced += 1
                     yield piece
-        self.ctx.meter.thought_tokens += len(round_ids)  # a round the engine cut short
+        self.meter.thought_tokens += len(round_ids)  # a round the engine cut short
         if finish == "length" and produced < max_tokens:
             self.truncated = True  # the next step would not have fit in max_model_len
 
@@ -277,11 +289,11 @@ class QuietStarDecoder:
             output_kind=RequestOutputKind.DELTA,
         )
         self.engine_calls += 1
-        call = self.ctx.engine.generate(
+        call = self.engine.generate(
             context_ids,
             params,
-            self.ctx.meter,
-            request_id=engine_request_id(self.ctx.request_id),
+            self.meter,
+            request_id=engine_request_id(self.request_id),
             routing_key=self.routing_key,
         )
         async with aclosing(call) as outputs:  # a caller that stops early aborts the call
@@ -307,9 +319,9 @@ class QuietStarDecoder:
         (with `truncated` set) where the next step would not fit in `max_model_len`."""
         visible: list[int] = []
         step_ends = step_ends or [self.params.step_delimiter]
-        tokenizer = self.ctx.engine.tokenizer
+        tokenizer = self.engine.tokenizer
         context = self.context(prompt_ids)
-        limit = self.ctx.engine.max_model_len
+        limit = self.engine.max_model_len
         if self.continuation and self.params.think == "every_token":
             if limit - len(context) < self.steps:  # not even one step fits
                 self.truncated = True
