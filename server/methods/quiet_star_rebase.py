@@ -18,7 +18,7 @@ from server.engines.base import PolicyEngine
 from server.limits import RequestWork
 from server.methods.base import MethodContext, MethodInput
 from server.methods.rebase import GeneratedStep, Rebase
-from server.quiet_star.decoder import QuietStarDecoder
+from server.quiet_star.decoder import QuietStarDecoder, until_stop
 from server.quiet_star.params import QuietStarParams
 from server.quiet_star.validation import check_quiet_star_input
 from server.rebase.params import RebaseParams
@@ -74,13 +74,9 @@ class QuietStarRebase(Rebase):
         finish, stop_reason = "length", None
         async with aclosing(decoder.tokens(prompt, max_tokens, step_ends=stops)) as stream:
             async for piece in stream:
-                hit = [i for i, t in enumerate(piece.token_ids) if t in stop_ids]
-                if hit:
-                    token_ids += piece.token_ids[: hit[0] + 1]
-                    finish = "stop"
-                    break
-                if piece.eos:
-                    token_ids += piece.token_ids
+                kept, stopped = until_stop(piece.token_ids, stop_ids)
+                if stopped or piece.eos:  # kept as a plain REBASE step keeps vLLM's EOS
+                    token_ids += kept
                     finish = "stop"
                     break
                 token_ids += piece.token_ids

@@ -57,6 +57,18 @@ class Piece:
     logprobs: list[dict] | None = None  # per token: vLLM's {id: Logprob}, finite entries only
 
 
+def until_stop(token_ids: list[int], stop_ids: frozenset[int]) -> tuple[list[int], bool]:
+    """The tokens up to and including the first stop token (EOS, or a checkpoint's BOS), and
+    whether there was one. Kept as vLLM's OpenAI server keeps a stop token id: in `token_ids`,
+    `usage.completion_tokens` and the logprobs, and in the text unless it is a special token
+    (both the gateway's detokenizer and `engine.decode` skip those). A stop *string* is another
+    matter: the text ends before it (IncrementalText)."""
+    for index, token in enumerate(token_ids):
+        if token in stop_ids:
+            return token_ids[: index + 1], True
+    return token_ids, False
+
+
 class QuietStarDecoder:
     """Produces visible tokens for one sequence; stopping is the caller's business.
 
