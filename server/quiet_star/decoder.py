@@ -4,14 +4,15 @@ Two ways to run it (the server's `--quiet-star-engine`):
 
 * **continuation** (default): one engine request per sequence. Our scheduler
   (kernels/quiet_star/scheduler.py) rolls each token's thought back after its talk token, so
-  the visible context never holds a thought and a token costs exactly `t + 3` forward
-  positions (a multi-token delimiter's forced tokens share the step before them).
-  The engine streams every round token (start, thought, end, talk: `t + 3` per output token,
-  which is what vLLM's own counters see); this loop keeps the talk tokens.
+  the visible context never holds a thought and a token costs exactly `s + t + e + 1`
+  positions (`step_positions`, kernels/quiet_star/spec.py; `t + 3` with one-token delimiters;
+  a multi-token delimiter's forced tokens share the engine step before them).
+  The engine streams every round token (start, thought, end, talk: `s + t + e + 1` per output
+  token, which is what vLLM's own counters see); this loop keeps the talk tokens.
 * **per_token**: one engine request per output token whose prompt is the visible text so far
   and whose `max_tokens` is the step count (prefix caching serves the shared prompt, so a
-  token costs `t + 3` positions plus the re-prefilled partial KV block). Kept as the baseline
-  the benchmark compares against, and for `think="step_start"`, which thinks once per step
+  token costs `s + t + e + 1` positions plus the re-prefilled partial KV block). Kept as the
+  baseline the benchmark compares against, and for `think="step_start"`, which thinks once per step
   and decodes the rest of the step plainly (few engine requests per step already).
 
 Either way `extra_args["quiet_star"]` drives our logits processor (kernels/quiet_star), which
@@ -35,6 +36,7 @@ from vllm.sampling_params import RequestOutputKind
 
 from kernels.quiet_star.spec import QuietStarSpec, step_positions
 from server.engines.base import PolicyEngine
+from server.errors import APIError
 from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
 from server.quiet_star.served_model import DEFAULT_MIXING_WEIGHT, served_model
@@ -218,6 +220,7 @@ class QuietStarDecoder:
         self.meter.thought_tokens += min(len(tokens), spec.thought_steps)
         if len(tokens) != spec.steps:
             return None
+        _check_talk(spec, tokens[-1])
         s = len(spec.start_token_ids)
         logprobs = None
         if self.sampling.logprobs is not None and completion.logprobs:
@@ -271,6 +274,7 @@ class QuietStarDecoder:
                     round_ids.append(token)
                     if len(round_ids) < steps:
                         continue
+                    _check_talk(spec, token)
                     logprobs = None
                     if self.sampling.logprobs is not None and completion.logprobs:
                         logprobs = [_finite(completion.logprobs[k])]
@@ -372,6 +376,18 @@ class QuietStarDecoder:
                     if piece.eos:
                         return
             at_step_start = True
+
+
+def _check_talk(spec: QuietStarSpec, token: int) -> None:
+    """A talk token the spec bans is the step machine's failure sentinel: the engine lost the
+    step's base distribution (kernels/quiet_star/step_machine.py), so the token was never
+    mixed. Fail this request rather than return it."""
+    if token in spec.talk_banned_token_ids:
+        raise APIError(
+            "Quiet-STaR lost a thinking step's base distribution in the engine (heavy "
+            "preemption); the request is failed rather than answered with an unmixed token",
+            status=500,
+        )
 
 
 def _finite(top: dict) -> dict:
