@@ -24,6 +24,22 @@ _ID_TUPLES = (
 )
 
 
+def step_positions(start_tokens: int, thought_tokens: int, end_tokens: int) -> int:
+    """Engine positions of one thinking step: the start delimiter's tokens, the thought, the
+    end delimiter's tokens, then the talk token (s + t + e + 1; t + 3 only with one-token
+    delimiters). The one formula: the processor, the scheduler, the gateway's validation,
+    decoder, work cap and usage all read it from here."""
+    return start_tokens + thought_tokens + end_tokens + 1
+
+
+def sequence_positions(max_tokens: int, steps: int, thoughts: int | None = None) -> int:
+    """Engine positions one sequence of up to `max_tokens` visible tokens may decode when
+    `thoughts` of them (default: every one) are preceded by a thought of `steps - 1` hidden
+    positions (`steps` from `step_positions`)."""
+    thoughts = max_tokens if thoughts is None else min(thoughts, max_tokens)
+    return max_tokens + thoughts * (steps - 1)
+
+
 @dataclass(frozen=True)
 class QuietStarSpec:
     """One Quiet-STaR step: think `thought_tokens` tokens, then emit one mixed talk token."""
@@ -56,7 +72,9 @@ class QuietStarSpec:
     @property
     def steps(self) -> int:
         """Engine steps of one Quiet-STaR token: start, t thoughts, end, talk."""
-        return len(self.start_token_ids) + self.thought_tokens + len(self.end_token_ids) + 1
+        return step_positions(
+            len(self.start_token_ids), self.thought_tokens, len(self.end_token_ids)
+        )
 
     @property
     def thought_steps(self) -> int:

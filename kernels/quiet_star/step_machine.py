@@ -13,6 +13,7 @@ of `(logits row, RoundRow)` pairs and hand it here, so the algorithm exists once
 | thought (t)   | scaled by the thought temperature; start/end/EOS banned             |
 | end           | forced to the thought-end token(s)                                  |
 | talk          | mix(base, post-thought), mask, user temperature/min-p/top-k/top-p   |
+| talk, no base | forced to the first talk-banned id: the request's failure sentinel   |
 
 The mixing weight w is the request's (`mixing_weight`), or, for `mixing_source == "head"`,
 the served checkpoint's learned head evaluated on the post-norm hidden states of the step-0
@@ -23,6 +24,7 @@ under the request's `key` (not its batch row or slot, which change under preempt
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from vllm import SamplingParams
 
 from kernels.quiet_star import hidden, tensor_ops
 from kernels.quiet_star.spec import QuietStarSpec
+
+logger = logging.getLogger(__name__)
 
 # Bases of requests that left the batch unfinished (preempted or aborted), kept for their
 # return on top of one per running request; bounded so aborted requests cannot leak memory.
@@ -47,7 +51,7 @@ def validate_quiet_star_params(sampling_params: SamplingParams) -> None:
     if spec.continuation:
         return  # a whole sequence: the scheduler rolls each token's thought back
     if sampling_params.max_tokens is not None and sampling_params.max_tokens > spec.steps:
-        raise ValueError(f"a Quiet-STaR request runs at most {spec.steps} steps (t + 3)")
+        raise ValueError(f"a Quiet-STaR request runs at most {spec.steps} steps (s + t + e + 1)")
 
 
 class RoundRow(Protocol):
@@ -144,6 +148,9 @@ class StepMachine:
 
     def _talk(self, logits: torch.Tensor, rows: list[tuple[int, RoundRow]]) -> None:
         ready = [(i, row) for i, row in rows if row.spec.key in self.bases]
+        lost = [(i, row) for i, row in rows if row.spec.key not in self.bases]
+        if lost:
+            self._fail(logits, lost)
         if not ready:
             return
         idx = torch.tensor([i for i, _ in ready], device=logits.device)
@@ -172,6 +179,26 @@ class StepMachine:
             min_p=per_row("min_p"),
             banned=banned,
         )
+
+    def _fail(self, logits: torch.Tensor, rows: list[tuple[int, RoundRow]]) -> None:
+        """Talk rows whose saved base is gone (evicted beyond the bound under heavy preemption):
+        their logits are post-thought only, unmixed and unmasked, and must never become text.
+        Such a row is forced to its spec's first talk-banned id, a token the talk step can
+        never produce otherwise: the gateway's decoder reads it as "this request failed" and
+        fails that request alone (server/quiet_star/decoder.py). Raising here would kill the
+        engine and every request in it; it is the last resort for a spec with no banned id."""
+        for _, row in rows:
+            if not row.spec.talk_banned_token_ids:
+                raise RuntimeError(
+                    f"Quiet-STaR: the base distribution of request {row.spec.key} is lost and "
+                    "it has no talk-banned id to report it with"
+                )
+            logger.error(
+                "Quiet-STaR: the base distribution of request %s is lost (evicted under "
+                "preemption); its talk token is replaced by the failure sentinel",
+                row.spec.key,
+            )
+        self._force(logits, rows, [row.spec.talk_banned_token_ids[0] for _, row in rows])
 
     @staticmethod
     def _mixing_weights(

@@ -19,7 +19,7 @@ from server.engines.base import PolicyEngine
 from server.methods.base import Method, MethodContext
 from server.methods.detokenize import IncrementalText
 from server.methods.streams import merge_streams
-from server.quiet_star.decoder import QuietStarDecoder
+from server.quiet_star.decoder import QuietStarDecoder, until_stop
 from server.quiet_star.params import QuietStarParams
 from server.quiet_star.validation import check_quiet_star_input
 
@@ -45,10 +45,12 @@ class QuietStar(Method):
     ) -> AsyncIterator[ChoiceDelta]:
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         decoder = QuietStarDecoder(
-            ctx,
+            ctx.engine,
+            ctx.meter,
             params,
             inp.sampling,
             seed_base=(inp.sampling.seed or 0) + index,
+            request_id=ctx.request_id,
             routing_key=f"{ctx.request_id}-{index}",  # one sequence: one replica's cache
         )
         text = IncrementalText(ctx.engine.tokenizer, inp.sampling.stop)
@@ -67,20 +69,12 @@ class QuietStar(Method):
                     thoughts += [ctx.engine.decode(t) for t in piece.thoughts]
                     thought_ids += piece.thoughts
                     step_ids += piece.steps
-                hit = [i for i, t in enumerate(piece.token_ids) if t in stop_ids]
-                if hit:
-                    kept = piece.token_ids[: hit[0]]
-                    delta = text.add(kept)
-                    logprobs = piece.logprobs[: hit[0]] if piece.logprobs else None
-                    yield ChoiceDelta(index, delta.text, token_ids=kept, logprobs=logprobs)
-                    finish = "stop"
-                    break
-                delta = text.add(piece.token_ids)
-                produced += len(piece.token_ids)
-                yield ChoiceDelta(
-                    index, delta.text, token_ids=piece.token_ids, logprobs=piece.logprobs
-                )
-                if delta.stopped_by is not None or piece.eos:
+                kept, stopped = until_stop(piece.token_ids, stop_ids)
+                delta = text.add(kept)
+                produced += len(kept)
+                logprobs = piece.logprobs[: len(kept)] if piece.logprobs else None
+                yield ChoiceDelta(index, delta.text, token_ids=kept, logprobs=logprobs)
+                if stopped or delta.stopped_by is not None or piece.eos:
                     finish = "stop"
                     break
         ctx.details.setdefault("quiet_star", []).append(
@@ -96,6 +90,7 @@ class QuietStar(Method):
                     else {}
                 ),
                 "thought_tokens": decoder.thought_tokens,
+                "thought_temperature": params.thought_temperature,
                 "stopped_at_context_limit": decoder.truncated,
                 **(
                     {

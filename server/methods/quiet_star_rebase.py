@@ -18,7 +18,7 @@ from server.engines.base import PolicyEngine
 from server.methods.base import MethodContext
 from server.methods.detokenize import IncrementalText
 from server.methods.rebase import GeneratedStep, Rebase
-from server.quiet_star.decoder import QuietStarDecoder
+from server.quiet_star.decoder import QuietStarDecoder, until_stop
 from server.quiet_star.params import QuietStarParams
 from server.quiet_star.validation import check_quiet_star_input
 from server.rebase.params import RebaseParams
@@ -60,7 +60,13 @@ class QuietStarRebase(Rebase):
         # per token, so the gateway-side order of the REBASE scheduler is what ranks its work.
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         decoder = QuietStarDecoder(
-            ctx, params, inp.sampling, seed_base=seed or 0, routing_key=routing_key
+            ctx.engine,
+            ctx.meter,
+            params,
+            inp.sampling,
+            seed_base=seed or 0,
+            request_id=ctx.request_id,
+            routing_key=routing_key,
         )
         text = IncrementalText(ctx.engine.tokenizer, stops)
         stop_ids = decoder.stop_token_ids
@@ -68,13 +74,9 @@ class QuietStarRebase(Rebase):
         finish, stop_reason = "length", None
         async with aclosing(decoder.tokens(prompt, max_tokens, step_ends=stops)) as stream:
             async for piece in stream:
-                hit = [i for i, t in enumerate(piece.token_ids) if t in stop_ids]
-                if hit:
-                    token_ids += piece.token_ids[: hit[0] + 1]
-                    finish = "stop"
-                    break
-                if piece.eos:
-                    token_ids += piece.token_ids
+                kept, stopped = until_stop(piece.token_ids, stop_ids)
+                if stopped or piece.eos:  # kept as a plain REBASE step keeps vLLM's EOS
+                    token_ids += kept
                     finish = "stop"
                     break
                 token_ids += piece.token_ids

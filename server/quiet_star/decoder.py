@@ -4,14 +4,15 @@ Two ways to run it (the server's `--quiet-star-engine`):
 
 * **continuation** (default): one engine request per sequence. Our scheduler
   (kernels/quiet_star/scheduler.py) rolls each token's thought back after its talk token, so
-  the visible context never holds a thought and a token costs exactly `t + 3` forward
-  positions (a multi-token delimiter's forced tokens share the step before them).
-  The engine streams every round token (start, thought, end, talk: `t + 3` per output token,
-  which is what vLLM's own counters see); this loop keeps the talk tokens.
+  the visible context never holds a thought and a token costs exactly `s + t + e + 1`
+  positions (`step_positions`, kernels/quiet_star/spec.py; `t + 3` with one-token delimiters;
+  a multi-token delimiter's forced tokens share the engine step before them).
+  The engine streams every round token (start, thought, end, talk: `s + t + e + 1` per output
+  token, which is what vLLM's own counters see); this loop keeps the talk tokens.
 * **per_token**: one engine request per output token whose prompt is the visible text so far
   and whose `max_tokens` is the step count (prefix caching serves the shared prompt, so a
-  token costs `t + 3` positions plus the re-prefilled partial KV block). Kept as the baseline
-  the benchmark compares against, and for `think="step_start"`, which thinks once per step
+  token costs `s + t + e + 1` positions plus the re-prefilled partial KV block). Kept as the
+  baseline the benchmark compares against, and for `think="step_start"`, which thinks once per step
   and decodes the rest of the step plainly (few engine requests per step already).
 
 Either way `extra_args["quiet_star"]` drives our logits processor (kernels/quiet_star), which
@@ -32,10 +33,12 @@ from dataclasses import dataclass, field
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
-from kernels.quiet_star.spec import QuietStarSpec
+from kernels.quiet_star.spec import QuietStarSpec, step_positions
+from server.core.errors import APIError
 from server.core.request_ids import engine_request_id
 from server.core.requests import SamplingSpec
-from server.methods.base import MethodContext
+from server.core.usage import UsageMeter
+from server.engines.base import PolicyEngine
 from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
 from server.quiet_star.served_model import DEFAULT_MIXING_WEIGHT, served_model
@@ -53,22 +56,41 @@ class Piece:
     logprobs: list[dict] | None = None  # per token: vLLM's {id: Logprob}, finite entries only
 
 
+def until_stop(token_ids: list[int], stop_ids: frozenset[int]) -> tuple[list[int], bool]:
+    """The tokens up to and including the first stop token (EOS, or a checkpoint's BOS), and
+    whether there was one. Kept as vLLM's OpenAI server keeps a stop token id: in `token_ids`,
+    `usage.completion_tokens` and the logprobs, and in the text unless it is a special token
+    (both the gateway's detokenizer and `engine.decode` skip those). A stop *string* is another
+    matter: the text ends before it (IncrementalText)."""
+    for index, token in enumerate(token_ids):
+        if token in stop_ids:
+            return token_ids[: index + 1], True
+    return token_ids, False
+
+
 class QuietStarDecoder:
-    """Produces visible tokens for one sequence; stopping is the caller's business."""
+    """Produces visible tokens for one sequence; stopping is the caller's business.
+
+    It needs the engine, the meter its calls are charged to and the request's sampling, not
+    the method's context: the methods build on it, it does not build on them."""
 
     def __init__(
         self,
-        ctx: MethodContext,
+        engine: PolicyEngine,
+        meter: UsageMeter,
         params: QuietStarParams,
         sampling: SamplingSpec,
+        *,
         seed_base: int,
+        request_id: str,
         routing_key: str | None = None,
     ) -> None:
-        self.ctx, self.params, self.sampling = ctx, params, sampling
+        self.engine, self.meter, self.params, self.sampling = engine, meter, params, sampling
+        self.request_id = request_id  # the prompt's: engine request ids derive from it
         # Every call of this sequence extends one context: one replica's prefix cache.
         self.routing_key = routing_key
-        tokenizer = ctx.engine.tokenizer
-        self.model = served_model(ctx.engine)
+        tokenizer = engine.tokenizer
+        self.model = served_model(engine)
         self.start_ids, self.end_ids = resolve_delimiters(
             tokenizer, params.start_token, params.end_token
         )
@@ -83,7 +105,7 @@ class QuietStarDecoder:
             self.mixing_source, self.mixing_weight = "head", 0.0  # w comes from the head
         else:
             self.mixing_source, self.mixing_weight = "request", DEFAULT_MIXING_WEIGHT
-        eos = ctx.engine.eos_token_id
+        eos = engine.eos_token_id
         delimiters = {*self.start_ids, *self.end_ids}
         if self.model.has_mixing_head:
             # The reference bans only the thought tokens inside a thought (EOS may be thought).
@@ -111,7 +133,7 @@ class QuietStarDecoder:
     @property
     def steps(self) -> int:
         """Engine steps of one thinking token (start, thought, end, talk)."""
-        return len(self.start_ids) + self.thought_tokens + len(self.end_ids) + 1
+        return step_positions(len(self.start_ids), self.thought_tokens, len(self.end_ids))
 
     def context(self, prompt_ids: list[int]) -> list[int]:
         """The prompt as the model expects it: after BOS when its tokenizer adds one (the
@@ -124,7 +146,7 @@ class QuietStarDecoder:
     @property
     def continuation(self) -> bool:
         """One engine request per sequence (the engine's continuation scheduler is on)."""
-        return bool(getattr(self.ctx.engine, "quiet_star_continuation", False))
+        return bool(getattr(self.engine, "quiet_star_continuation", False))
 
     def spec(self, visible: int, *, context_len: int | None = None) -> QuietStarSpec:
         """The processor's arguments: for one step at `visible` tokens, or (`context_len` set)
@@ -179,11 +201,11 @@ class QuietStarDecoder:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         final = None
-        call = self.ctx.engine.generate(
+        call = self.engine.generate(
             context_ids,
             params,
-            self.ctx.meter,
-            request_id=engine_request_id(self.ctx.request_id),
+            self.meter,
+            request_id=engine_request_id(self.request_id),
             routing_key=self.routing_key,
         )
         async with aclosing(call) as outputs:
@@ -192,9 +214,10 @@ class QuietStarDecoder:
         self.engine_calls += 1
         completion = final.outputs[0]
         tokens = list(completion.token_ids)
-        self.ctx.meter.thought_tokens += min(len(tokens), spec.thought_steps)
+        self.meter.thought_tokens += min(len(tokens), spec.thought_steps)
         if len(tokens) != spec.steps:
             return None
+        _check_talk(spec, tokens[-1])
         s = len(spec.start_token_ids)
         logprobs = None
         if self.sampling.logprobs is not None and completion.logprobs:
@@ -232,11 +255,11 @@ class QuietStarDecoder:
         round_ids: list[int] = []
         produced = 0
         finish = None
-        call = self.ctx.engine.generate(
+        call = self.engine.generate(
             context_ids,
             params,
-            self.ctx.meter,
-            request_id=engine_request_id(self.ctx.request_id),
+            self.meter,
+            request_id=engine_request_id(self.request_id),
             rollback_steps=steps,
         )
         async with aclosing(call) as outputs:  # a caller that stops early aborts the call
@@ -248,18 +271,19 @@ class QuietStarDecoder:
                     round_ids.append(token)
                     if len(round_ids) < steps:
                         continue
+                    _check_talk(spec, token)
                     logprobs = None
                     if self.sampling.logprobs is not None and completion.logprobs:
                         logprobs = [_finite(completion.logprobs[k])]
                     pieces.append(
                         Piece([token], [round_ids[s : s + t]], [round_ids], logprobs=logprobs)
                     )
-                    self.ctx.meter.thought_tokens += steps - 1
+                    self.meter.thought_tokens += steps - 1
                     round_ids = []
                 for piece in pieces:
                     produced += 1
                     yield piece
-        self.ctx.meter.thought_tokens += len(round_ids)  # a round the engine cut short
+        self.meter.thought_tokens += len(round_ids)  # a round the engine cut short
         if finish == "length" and produced < max_tokens:
             self.truncated = True  # the next step would not have fit in max_model_len
 
@@ -278,11 +302,11 @@ class QuietStarDecoder:
             output_kind=RequestOutputKind.DELTA,
         )
         self.engine_calls += 1
-        call = self.ctx.engine.generate(
+        call = self.engine.generate(
             context_ids,
             params,
-            self.ctx.meter,
-            request_id=engine_request_id(self.ctx.request_id),
+            self.meter,
+            request_id=engine_request_id(self.request_id),
             routing_key=self.routing_key,
         )
         async with aclosing(call) as outputs:  # a caller that stops early aborts the call
@@ -308,9 +332,9 @@ class QuietStarDecoder:
         (with `truncated` set) where the next step would not fit in `max_model_len`."""
         visible: list[int] = []
         step_ends = step_ends or [self.params.step_delimiter]
-        tokenizer = self.ctx.engine.tokenizer
+        tokenizer = self.engine.tokenizer
         context = self.context(prompt_ids)
-        limit = self.ctx.engine.max_model_len
+        limit = self.engine.max_model_len
         if self.continuation and self.params.think == "every_token":
             if limit - len(context) < self.steps:  # not even one step fits
                 self.truncated = True
@@ -349,6 +373,18 @@ class QuietStarDecoder:
                     if piece.eos:
                         return
             at_step_start = True
+
+
+def _check_talk(spec: QuietStarSpec, token: int) -> None:
+    """A talk token the spec bans is the step machine's failure sentinel: the engine lost the
+    step's base distribution (kernels/quiet_star/step_machine.py), so the token was never
+    mixed. Fail this request rather than return it."""
+    if token in spec.talk_banned_token_ids:
+        raise APIError(
+            "Quiet-STaR lost a thinking step's base distribution in the engine (heavy "
+            "preemption); the request is failed rather than answered with an unmixed token",
+            status=500,
+        )
 
 
 def _finite(top: dict) -> dict:

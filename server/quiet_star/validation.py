@@ -15,7 +15,7 @@ from server.core.requests import MethodInput
 from server.engines.base import PolicyEngine
 from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
-from server.quiet_star.served_model import served_model
+from server.quiet_star.served_model import ServedModel, served_model
 
 _PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
 
@@ -44,11 +44,14 @@ def check_quiet_star_input(inp: MethodInput, engine: PolicyEngine, method: str) 
             param="min_tokens",
         )
     model = served_model(engine)
+    _check_checkpoint_delimiters(params, model, engine, start, end)
     thought = params.thought_tokens
     thought = model.default_thought_tokens if thought is None else thought
-    # Resolved once, here: the work cap (Method.work) and the decoder read the same length.
-    inp.params["quiet_star"] = params.model_copy(update={"thought_tokens": thought})
-    steps = len(start) + thought + len(end) + 1
+    # Resolved once, here: the work cap (Method.work), `usage` and the decoder read the same
+    # thought length and delimiters, hence the same step length.
+    resolved = params.resolved(thought, start, end)
+    inp.params["quiet_star"] = resolved
+    steps = resolved.steps
     bos = 1 if model.bos_token_id is not None and inp.prompt_token_ids[:1] != [
         model.bos_token_id
     ] else 0  # fmt: skip
@@ -61,3 +64,29 @@ def check_quiet_star_input(inp: MethodInput, engine: PolicyEngine, method: str) 
             "quiet_star.thought_tokens.",
             param="prompt",
         )
+
+
+def _check_checkpoint_delimiters(
+    params: QuietStarParams,
+    model: ServedModel,
+    engine: PolicyEngine,
+    start: tuple[int, ...],
+    end: tuple[int, ...],
+) -> None:
+    """A Quiet-STaR checkpoint was trained with its own thought delimiters, the only ones with
+    trained embeddings: other strings would run the learned mixing head on thoughts it never
+    saw, so they are refused (naming the checkpoint's own one is fine)."""
+    if not model.has_mixing_head:
+        return
+    own_start, own_end = resolve_delimiters(engine.tokenizer, None, None)
+    for field, value, ids, own in (
+        ("start_token", params.start_token, start, own_start),
+        ("end_token", params.end_token, end, own_end),
+    ):
+        if value is not None and ids != own:
+            raise APIError(
+                f"quiet_star.{field} {value!r} is not supported on this Quiet-STaR checkpoint: "
+                f"only its own delimiter ({engine.tokenizer.decode(list(own))!r}) has a "
+                "trained embedding; leave the field out",
+                param=f"quiet_star.{field}",
+            )

@@ -233,6 +233,23 @@ async def test_quiet_star_ending_on_eos_is_charged_before_the_usage_is_read() ->
     assert cost.forward_tokens == 3 + 12 - 1
 
 
+async def test_quiet_star_keeps_the_eos_token_as_vllm_does_and_reports_its_settings() -> None:
+    # vLLM's OpenAI server (the baseline method) keeps a stop token in token_ids and
+    # completion_tokens and leaves it out of the text only when it is special; quiet_star and
+    # quiet_star+rebase follow the same rule (server/quiet_star/decoder.py: until_stop).
+    fake = FakePolicyEngine(lambda params: [])
+    eos = fake.eos_token_id
+    fake.script = lambda params: rounds(40, 41, eos, 42)
+    ctx = context(fake)
+    deltas = await run_to_end(QuietStar(), ctx, quiet_star_input())
+    assert [i for d in deltas for i in d.token_ids] == [40, 41, eos]
+    assert "".join(d.text for d in deltas) == fake.decode([40, 41])
+    assert deltas[-1].finish_reason == "stop"
+    (details,) = ctx.details["quiet_star"]
+    assert details["output_tokens"] == 3
+    assert details["thought_temperature"] == 1.0
+
+
 async def test_quiet_star_ending_on_a_stop_string_aborts_and_charges_the_call() -> None:
     fake = FakePolicyEngine(lambda params: [])
     text_ids = fake.encode(" clips clips clips clips clips clips")

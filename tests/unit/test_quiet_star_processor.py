@@ -289,3 +289,42 @@ def test_a_row_re_announced_mid_round_starts_at_its_round_step(visible_len, bann
     talk = proc.apply(torch.zeros(1, VOCAB))  # the talk step (w = 0: the base decides)
     assert (only_allowed(talk[0]) == [EOS]) is not banned
     assert len(only_allowed(talk[0])) == 1  # a greedy talk token, not a forced or thought row
+
+
+def _run_to_talk_without_base(s: QuietStarSpec) -> torch.Tensor:
+    """Step 0 saves the base; it is then evicted (more parked requests than the bound) before
+    the talk row: the talk row's logits."""
+    proc = make()
+    out: list[int] = []
+    add(proc, (0, params(s), [1], out))
+    proc.apply(torch.randn(1, VOCAB))
+    out += [START, 5]
+    proc.machine.max_saved = 0
+    proc.machine.trim()  # evicted, as under heavy preemption
+    assert proc.apply(torch.randn(1, VOCAB)) is not None  # end, forced
+    out.append(END)
+    return proc.apply(torch.randn(1, VOCAB))
+
+
+def test_a_talk_row_whose_base_was_evicted_is_forced_to_the_failure_sentinel() -> None:
+    # Unmixed post-thought logits must never become text: the row is forced to the spec's
+    # first talk-banned id, which the decoder reads as a failed request.
+    s = spec(t=1, talk_banned_token_ids=(START, END))
+    talk = _run_to_talk_without_base(s)
+    assert only_allowed(talk[0]) == [START]
+
+
+def test_a_lost_base_without_a_sentinel_fails_loudly() -> None:
+    with pytest.raises(RuntimeError, match="base distribution"):
+        _run_to_talk_without_base(spec(t=1))
+
+
+def test_the_decoder_fails_the_request_on_the_failure_sentinel() -> None:
+    from server.core.errors import APIError
+    from server.quiet_star.decoder import _check_talk
+
+    s = spec(talk_banned_token_ids=(START, END))
+    _check_talk(s, 5)  # an ordinary talk token
+    with pytest.raises(APIError) as caught:
+        _check_talk(s, START)
+    assert caught.value.status == 500
