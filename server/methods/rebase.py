@@ -15,7 +15,6 @@ order, before any job runs, and a node's score depends on its path only.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
@@ -41,6 +40,7 @@ from server.rebase.steps import StepFormat
 from server.rebase.tree import Node, root_node
 from server.rewards.base import RewardModel
 from server.rewards.provider import get_reward_model
+from server.seeds import call_seeds
 from server.tracing import engine_request_id
 
 
@@ -136,8 +136,7 @@ def tree_seeds(seed: int | None, index: int) -> Iterator[int]:
     """The seeds tree `index` of a request gives its expansions, one each, in order: the same
     tree for the same request seed, and (as with `n` baseline choices) a different tree per
     choice. Tree 0's stream does not depend on `n`."""
-    start = seed * 1_000_003 if seed is not None else 0
-    return itertools.count(start + index * SEEDS_PER_TREE)
+    return call_seeds(seed or 0, index * SEEDS_PER_TREE)
 
 
 @dataclass

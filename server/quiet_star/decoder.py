@@ -22,7 +22,6 @@ and a step the engine cut short is dropped: a thought token is never returned as
 
 from __future__ import annotations
 
-import itertools
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -37,6 +36,7 @@ from server.methods.base import MethodContext, SamplingSpec
 from server.quiet_star.delimiters import resolve_delimiters
 from server.quiet_star.params import QuietStarParams
 from server.quiet_star.served_model import DEFAULT_MIXING_WEIGHT, served_model
+from server.seeds import call_seeds
 from server.tracing import engine_request_id
 
 
@@ -103,7 +103,7 @@ class QuietStarDecoder:
         self.stop_token_ids: frozenset[int] = (
             frozenset() if sampling.ignore_eos else frozenset(stops)  # type: ignore[arg-type]
         )
-        self._seeds = itertools.count(seed_base * 1_000_003)
+        self._seeds = call_seeds(seed_base)
         self.engine_calls = 0
         self.truncated = False  # stopped because the next step would pass max_model_len
 
