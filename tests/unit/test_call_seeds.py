@@ -16,8 +16,9 @@ from server.quiet_star.params import QuietStarParams
 class _Tokenizer:
     """Just what the decoder reads at construction: the fallback delimiters as single ids."""
 
-    all_special_ids: list[int] = []
-    added_tokens_decoder: dict = {}
+    def __init__(self) -> None:
+        self.all_special_ids: list[int] = []
+        self.added_tokens_decoder: dict = {}
 
     def get_vocab(self) -> dict[str, int]:
         return {"<think>": 1, "</think>": 2}
