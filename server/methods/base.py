@@ -37,6 +37,9 @@ class SamplingSpec:
     stop: list[str] | None = None
     seed: int | None = None
     logprobs: int | None = None
+    # `echo` with `logprobs`: the prompt tokens' logprobs too (as vLLM's own server asks);
+    # set only for methods that can return them (Method.prompt_logprobs)
+    prompt_logprobs: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
@@ -56,6 +59,7 @@ class SamplingSpec:
             "stop": self.stop,
             "seed": None if self.seed is None else self.seed + seed_offset,
             "logprobs": self.logprobs,
+            "prompt_logprobs": self.prompt_logprobs,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
             "repetition_penalty": self.repetition_penalty,
@@ -82,6 +86,9 @@ class ChoiceDelta:
     logprobs: list[dict[int, Logprob]] | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    # The prompt's logprobs, one entry per prompt token (the first is None: nothing precedes
+    # it), on a choice's first delta when the sampling asked for them (`prompt_logprobs`).
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
 
 @dataclass
@@ -121,6 +128,10 @@ class Method(ABC):
     name: ClassVar[str]
     # Parameter blocks this method reads from the request body, e.g. {"rebase": RebaseParams}.
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {}
+    # Whether the method returns the prompt's logprobs when `SamplingSpec.prompt_logprobs` asks
+    # (`echo` with `logprobs`). Only a method whose choice is one engine call over the prompt
+    # has them; the route answers 400 for the others instead of echoing without them.
+    prompt_logprobs: ClassVar[bool] = False
 
     def check(self, inp: MethodInput, engine: PolicyEngine) -> None:
         """Reject inputs this method cannot serve (raise `APIError`); default accepts all."""
