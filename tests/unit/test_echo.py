@@ -48,7 +48,7 @@ async def _prepare(body: dict, *, prompt_logprobs: bool = True):
     [
         ({"method": "quiet_star"}, True),
         ({"method": "rebase"}, True),
-        ({"method": "quiet_star_rebase"}, True),
+        ({"method": "quiet_star+rebase"}, True),
         ({}, False),  # baseline on an engine that cannot return them (the remote one)
     ],
 )
