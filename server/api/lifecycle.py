@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from vllm.v1.engine.exceptions import EngineDeadError
 
+from server.api.errors import error_response
 from server.core.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -200,15 +200,8 @@ class AdmissionGate:
                 error: APIError = EngineUnavailable(lifecycle.failure)
             else:
                 error = ServerShuttingDown()
-            body = {
-                "error": {
-                    "message": error.message,
-                    "type": error.type,
-                    "param": error.param,
-                    "code": error.code,
-                }
-            }
-            response = JSONResponse(body, status_code=503, headers={"Connection": "close"})
+            response = error_response(error)
+            response.headers["Connection"] = "close"
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

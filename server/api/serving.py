@@ -29,7 +29,7 @@ from vllm.exceptions import VLLMClientError
 from server.api.cancellation import ClientDisconnected, run_unless_disconnected
 from server.api.errors import error_payload, vllm_error
 from server.api.lifecycle import Lifecycle
-from server.api.logprobs import LogprobsBuilder
+from server.api.logprobs import LogprobsBuilder, joined
 from server.api.protocol import (
     CompletionChoice,
     CompletionRequest,
@@ -196,17 +196,23 @@ class CompletionService:
             )
 
         builders: dict[int, LogprobsBuilder] = {}
+        echo = _Echo(prepared)
         async with aclosing(self.deltas(prepared)) as deltas:
             async for delta in deltas:
+                prompt = echo.take(delta.index)  # the choice's first chunk starts with it
                 logprobs = None
                 if prepared.request.logprobs is not None:
                     builder = builders.setdefault(
                         delta.index, LogprobsBuilder(self.engine.tokenizer)
                     )
-                    logprobs = builder.add(delta)
+                    if prompt is not None:
+                        echoed = builder.add_prompt(prompt.prompt_token_ids, delta.prompt_logprobs)
+                        logprobs = joined(echoed, builder.add(delta))
+                    else:
+                        logprobs = builder.add(delta)
                 choice = CompletionStreamChoice(
                     index=delta.index,
-                    text=delta.text,
+                    text=delta.text if prompt is None else prompt.prompt_text + delta.text,
                     logprobs=logprobs,
                     finish_reason=delta.finish_reason,  # type: ignore[arg-type]
                     stop_reason=delta.stop_reason,
@@ -236,6 +242,7 @@ class CompletionService:
             raise APIError(f"n must be at most {s.max_n}", param="n")
         if request.logprobs is not None and request.logprobs > s.max_logprobs:
             raise APIError(f"logprobs must be at most {s.max_logprobs}", param="logprobs")
+        self._check_echo(request, method)
         prompts = request.prompts
         if len(prompts) > s.max_prompts_per_request:
             raise APIError(
@@ -268,6 +275,24 @@ class CompletionService:
                 f"Unknown method '{request.method}'. Valid methods: {valid}", param="method"
             )
         return cls()
+
+    def _check_echo(self, request: CompletionRequest, method: Method) -> None:
+        """`echo` with `logprobs` returns the prompt tokens' logprobs too (OpenAI): a 400 where
+        they cannot be had, rather than an echo that silently lacks them."""
+        if not request.echo or request.logprobs is None:
+            return
+        if not method.prompt_logprobs:
+            raise APIError(
+                f"'echo' with 'logprobs' is not supported for method '{method.name}': it does "
+                "not compute the prompt's logprobs (use method 'baseline', or drop one of them)",
+                param="echo",
+            )
+        if not self.engine.prompt_logprobs:
+            raise APIError(
+                "'echo' with 'logprobs' is not supported by this server's engine: it cannot "
+                "return the prompt's logprobs (drop one of them)",
+                param="echo",
+            )
 
     def _check_model(self, request: CompletionRequest) -> None:
         if request.model and request.model not in (self.engine.model_name, self.engine.model_path):
@@ -349,6 +374,7 @@ class CompletionService:
             stop=request.stop,  # type: ignore[arg-type]  # normalised to a list
             seed=request.seed,
             logprobs=request.logprobs,
+            prompt_logprobs=request.logprobs if request.echo else None,
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
             repetition_penalty=request.repetition_penalty,
@@ -435,13 +461,20 @@ class CompletionService:
         builders: dict[int, LogprobsBuilder] = {}
         finish: dict[int, tuple[str | None, int | str | None]] = {}
         want_logprobs = prepared.request.logprobs is not None
+        echo = _Echo(prepared)
         async with aclosing(self.deltas(prepared)) as deltas:
             async for delta in deltas:
-                texts.setdefault(delta.index, []).append(delta.text)
+                prompt = echo.take(delta.index)
+                text = texts.setdefault(delta.index, [])
+                if prompt is not None:
+                    text.append(prompt.prompt_text)
+                text.append(delta.text)
                 if want_logprobs:
                     builder = builders.setdefault(
                         delta.index, LogprobsBuilder(self.engine.tokenizer)
                     )
+                    if prompt is not None:
+                        builder.add_prompt(prompt.prompt_token_ids, delta.prompt_logprobs)
                     builder.add(delta)
                 if delta.finish_reason is not None:
                     finish[delta.index] = (delta.finish_reason, delta.stop_reason)
@@ -545,6 +578,29 @@ class CompletionService:
             metrics.FORWARD_TOKENS_PER_OUTPUT.labels(method).observe(
                 usage.forward_tokens / usage.completion_tokens
             )
+
+
+class _Echo:
+    """OpenAI's `echo`: each choice's text starts with its prompt (and, with `logprobs`, its
+    logprobs with the prompt tokens'), once per choice, on its first delta.
+
+    Why here and not in the methods: the prompt is the request's, and every method gets it the
+    same way; methods stream only what they generate, so `usage.completion_tokens` (counted
+    from the deltas) never includes the echoed prompt."""
+
+    def __init__(self, prepared: PreparedRequest) -> None:
+        self._inputs = prepared.inputs
+        self._n = prepared.request.n
+        self._pending = (
+            set(range(len(prepared.inputs) * self._n)) if prepared.request.echo else set()
+        )
+
+    def take(self, index: int) -> MethodInput | None:
+        """Choice `index`'s prompt if it is still to be echoed (then never again), else None."""
+        if index not in self._pending:
+            return None
+        self._pending.discard(index)
+        return self._inputs[index // self._n]
 
 
 def _check_sampling(spec: SamplingSpec) -> None:

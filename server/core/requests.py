@@ -29,6 +29,9 @@ class SamplingSpec:
     stop: list[str] | None = None
     seed: int | None = None
     logprobs: int | None = None
+    # `echo` with `logprobs`: the prompt tokens' logprobs too (as vLLM's own server asks);
+    # set only for methods that can return them (Method.prompt_logprobs)
+    prompt_logprobs: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
@@ -48,6 +51,7 @@ class SamplingSpec:
             "stop": self.stop,
             "seed": None if self.seed is None else self.seed + seed_offset,
             "logprobs": self.logprobs,
+            "prompt_logprobs": self.prompt_logprobs,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
             "repetition_penalty": self.repetition_penalty,
@@ -74,6 +78,9 @@ class ChoiceDelta:
     logprobs: list[dict[int, Logprob]] | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    # The prompt's logprobs, one entry per prompt token (the first is None: nothing precedes
+    # it), on a choice's first delta when the sampling asked for them (`prompt_logprobs`).
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
 
 @dataclass

@@ -58,9 +58,11 @@ class UsageMeter:
         component: Component = "policy",
         rollback_steps: int | None = None,
         reported: bool = True,
+        prompt_logits: Literal["last", "all"] = "last",
     ) -> None:
         """Charge one finished (or aborted) generation call of the policy or a generative judge
-        (`rollback_steps`: a Quiet-STaR continuation request, FlopsModel.request_flops).
+        (`rollback_steps`: a Quiet-STaR continuation request, FlopsModel.request_flops;
+        `prompt_logits="all"`: it returned the prompt's logprobs).
         `reported`: the engine reported the call (False: it was cut before its first output, so
         whether its prompt ran is unknown; it is charged in full)."""
         model = self._model_for(component)
@@ -78,7 +80,11 @@ class UsageMeter:
             cost.unreported_calls += 1
             cost.unreported_tokens += forward
         cost.flops = cost.flops + model.request_flops(
-            prompt_tokens, cached_tokens, generated_tokens, rollback_steps=rollback_steps
+            prompt_tokens,
+            cached_tokens,
+            generated_tokens,
+            rollback_steps=rollback_steps,
+            prompt_logits=prompt_logits,
         )
 
     def record_prefill(

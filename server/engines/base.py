@@ -33,6 +33,10 @@ class PolicyEngine(Protocol):
     # The engine runs Quiet-STaR continuation (one request per sequence, thoughts rolled back
     # by kernels/quiet_star/scheduler.py); otherwise the decoder makes one request per token.
     quiet_star_continuation: bool
+    # The engine returns the prompt's logprobs when `SamplingParams.prompt_logprobs` asks
+    # (`echo` with `logprobs`): the in-process AsyncLLM does; vLLM's OpenAI server does not
+    # stream them, so the remote engine cannot.
+    prompt_logprobs: bool
 
     @property
     def tokenizer(self) -> Any: ...

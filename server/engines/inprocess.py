@@ -114,6 +114,7 @@ class Engine:
     flops: FlopsModel
     # quiet_star: one engine request per sequence (the continuation scheduler) or per token
     quiet_star_continuation: bool = True
+    prompt_logprobs: bool = True  # vLLM's RequestOutput.prompt_logprobs
 
     @classmethod
     def start(cls, settings: Settings) -> Engine:
@@ -222,6 +223,8 @@ class Engine:
                     generated_tokens=tally.generated_tokens,
                     component=component,
                     rollback_steps=rollback_steps,  # Quiet-STaR continuation: positions roll back
+                    # prompt logprobs run the LM head at every prompt position
+                    prompt_logits="last" if params.prompt_logprobs is None else "all",
                     reported=tally.reported,
                 )
 

@@ -195,6 +195,8 @@ class RemoteEngine:
     # Replicas run vLLM's stock scheduler, so Quiet-STaR makes one call per output token
     # (docs/scaling.md says what a replica would need for continuation).
     quiet_star_continuation: bool = False
+    # vLLM's OpenAI server returns prompt logprobs only unstreamed; calls here stream.
+    prompt_logprobs: bool = False
     _tokenizer: Any = None
     _client: httpx.AsyncClient | None = None
     _warned_no_cache_details: bool = False

@@ -49,6 +49,10 @@ class Method(ABC):
     name: ClassVar[str]
     # Parameter blocks this method reads from the request body, e.g. {"rebase": RebaseParams}.
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {}
+    # Whether the method returns the prompt's logprobs when `SamplingSpec.prompt_logprobs` asks
+    # (`echo` with `logprobs`). Only a method whose choice is one engine call over the prompt
+    # has them; the route answers 400 for the others instead of echoing without them.
+    prompt_logprobs: ClassVar[bool] = False
 
     def check(self, inp: MethodInput, engine: PolicyEngine) -> None:
         """Reject inputs this method cannot serve (raise `APIError`); default accepts all."""

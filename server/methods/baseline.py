@@ -14,6 +14,7 @@ from server.methods.streams import merge_streams
 
 class Baseline(Method):
     name = "baseline"
+    prompt_logprobs = True  # one engine call per choice, over the prompt
 
     def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
         return merge_streams([self._sample(ctx, inp, i) for i in range(inp.n)])
@@ -34,4 +35,8 @@ class Baseline(Method):
                     logprobs=list(completion.logprobs) if completion.logprobs else None,
                     finish_reason=completion.finish_reason if output.finished else None,
                     stop_reason=completion.stop_reason if output.finished else None,
+                    # all at once, on the first output (vLLM's DELTA kind)
+                    prompt_logprobs=list(output.prompt_logprobs)
+                    if output.prompt_logprobs
+                    else None,
                 )

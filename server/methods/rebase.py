@@ -14,7 +14,6 @@ order, before any job runs, and a node's score depends on its path only.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
@@ -29,6 +28,7 @@ from server.core.answers import extract_answer
 from server.core.errors import APIError
 from server.core.request_ids import engine_request_id
 from server.core.requests import ChoiceDelta, MethodInput, RequestWork
+from server.core.seeds import call_seeds
 from server.engines.base import PolicyEngine
 from server.methods.base import Method, MethodContext
 from server.methods.streams import gather_cancelling, merge_streams
@@ -134,8 +134,7 @@ def tree_seeds(seed: int | None, index: int) -> Iterator[int]:
     """The seeds tree `index` of a request gives its expansions, one each, in order: the same
     tree for the same request seed, and (as with `n` baseline choices) a different tree per
     choice. Tree 0's stream does not depend on `n`."""
-    start = seed * 1_000_003 if seed is not None else 0
-    return itertools.count(start + index * SEEDS_PER_TREE)
+    return call_seeds(seed or 0, index * SEEDS_PER_TREE)
 
 
 @dataclass

@@ -23,7 +23,6 @@ and a step the engine cut short is dropped: a thought token is never returned as
 
 from __future__ import annotations
 
-import itertools
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -37,6 +36,7 @@ from kernels.quiet_star.spec import QuietStarSpec, step_positions
 from server.core.errors import APIError
 from server.core.request_ids import engine_request_id
 from server.core.requests import SamplingSpec
+from server.core.seeds import call_seeds
 from server.core.usage import UsageMeter
 from server.engines.base import PolicyEngine
 from server.quiet_star.delimiters import resolve_delimiters
@@ -126,7 +126,7 @@ class QuietStarDecoder:
         self.stop_token_ids: frozenset[int] = (
             frozenset() if sampling.ignore_eos else frozenset(stops)  # type: ignore[arg-type]
         )
-        self._seeds = itertools.count(seed_base * 1_000_003)
+        self._seeds = call_seeds(seed_base)
         self.engine_calls = 0
         self.truncated = False  # stopped because the next step would pass max_model_len
 

@@ -184,7 +184,7 @@ class FakePolicyEngine:
                     token_ids=tokens, text=self.decode(tokens), logprobs=None,
                     finish_reason="stop" if last else None, stop_reason=None,
                 )  # fmt: skip
-                yield SimpleNamespace(outputs=[completion], finished=last)
+                yield SimpleNamespace(outputs=[completion], finished=last, prompt_logprobs=None)
         finally:
             self.open_calls -= 1
             meter.record_generation(

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from vllm.v1.engine.exceptions import EngineDeadError
 
 import server.api.lifecycle as lifecycle_module
+from server.api.errors import error_payload
 from server.api.health import health_report
 from server.api.lifecycle import (
     AdmissionGate,
@@ -92,6 +93,7 @@ async def test_gate_refuses_new_v1_requests_while_draining_with_openai_error() -
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "server_shutting_down"
+    assert response.json() == error_payload(ServerShuttingDown())  # the one error builder
     assert response.headers["connection"] == "close"
     # /health is not gated: it reports the draining itself.
     assert (await call(app, "GET", "/health")).status_code == 200
@@ -102,7 +104,7 @@ async def test_gate_names_a_dead_engine() -> None:
     lifecycle.failure = "the policy engine core died"
     response = await call(gated_app(lifecycle), "POST", "/v1/completions")
     assert response.status_code == 503
-    assert response.json()["error"]["code"] == "engine_dead"
+    assert response.json() == error_payload(EngineUnavailable("the policy engine core died"))
 
 
 # ---- drain ------------------------------------------------------------------------------------
