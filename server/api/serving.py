@@ -106,7 +106,7 @@ class CompletionService:
         # Cuts requests at the end of a shutdown's grace period or when an engine dies.
         self.lifecycle = lifecycle or Lifecycle(settings.shutdown_grace_s)
         self.admitted = 0
-        self.resources = Resources()  # see MethodContext.resources
+        self.resources = Resources.for_settings(settings)  # see MethodContext.resources
 
     # ---- the lifecycle ----------------------------------------------------------------
     async def handle(self, request: CompletionRequest, http: Request) -> Response:

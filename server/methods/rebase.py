@@ -324,12 +324,11 @@ def _count(items) -> dict[str, int]:
 
 
 def prm_bound(ctx: MethodContext) -> asyncio.Semaphore:
-    """The process-wide bound on PRM-engine scoring calls of the `priority` scheduler."""
-    bound = ctx.shared.get("rebase_prm_bound")
+    """The process-wide bound on PRM-engine scoring calls of the `priority` scheduler
+    (`--rebase-prm-max-in-flight`), built once with the service's resources."""
+    bound = ctx.resources.prm_bound
     if bound is None:
-        bound = ctx.shared["rebase_prm_bound"] = asyncio.Semaphore(
-            ctx.settings.rebase_prm_max_in_flight
-        )
+        raise RuntimeError("no PRM bound: the resources were not built from the settings")
     return bound
 
 

@@ -257,3 +257,28 @@ def test_the_priority_setting_builds_a_kv_aware_priority_scheduler() -> None:
     assert isinstance(scheduler, PriorityScheduler)
     assert (scheduler.kv_blocks, scheduler.kv_watermark, scheduler.min_share) == (300, 0.8, 0)
     assert scheduler_for(ctx) is scheduler  # one per process
+
+
+async def test_the_prm_bound_is_built_once_from_the_setting() -> None:
+    """The `priority` scheduler's bound on PRM-engine calls is a field of the service's
+    resources, sized by `--rebase-prm-max-in-flight` and the same object for every request."""
+    from server.methods.rebase import prm_bound
+
+    resources = Resources.for_settings(Settings(rebase_prm_max_in_flight=2))
+
+    def ctx(request: int, shared: Resources = resources) -> MethodContext:
+        return MethodContext(
+            engine=None,  # type: ignore[arg-type]  # not read
+            meter=None,  # type: ignore[arg-type]
+            settings=Settings(),
+            request_id=f"cmpl-{request}-p0",
+            resources=shared,
+        )
+
+    bound = prm_bound(ctx(1))
+    assert bound is prm_bound(ctx(2)) is resources.prm_bound
+    async with bound, bound:  # two calls in flight: the third must wait
+        assert bound.locked()
+    assert not bound.locked()
+    with pytest.raises(RuntimeError, match="PRM bound"):  # loud, never an unbounded PRM
+        prm_bound(ctx(3, Resources()))
