@@ -49,9 +49,11 @@ def test_rebase_is_scored_by_the_model_prm(prm_gateway: tuple[str, Gateway]) -> 
     engine call per expanded node, charged to the reward component and counted in /metrics."""
     scheduler, gateway = prm_gateway
     body = rebase_body(seed=7, rebase={**SMALL_TREE, "reward_model": "vllm_prm"})
+    calls = 'thinkscale_reward_calls_total{method="rebase",reward_model="vllm_prm"}'
     with http_client(gateway) as http:
+        before = scrape_metrics(http).get(calls, 0.0)  # the start-up warm-up scores too
         data = completion_ok(http, body)
-        samples = scrape_metrics(http)
+        after = scrape_metrics(http)[calls]
     assert data["choices"][0]["text"], scheduler
     stats = data["method_details"]["rebase"][0]
     assert stats["reward_model"] == "vllm_prm"
@@ -63,5 +65,4 @@ def test_rebase_is_scored_by_the_model_prm(prm_gateway: tuple[str, Gateway]) -> 
     assert usage["forward_tokens_reward"] > 0
     assert usage["flops"]["reward_executed"] > 0
     assert usage["engine_calls"] == 2 * stats["nodes_expanded"]  # one policy call per node too
-    calls = 'thinkscale_reward_calls_total{method="rebase",reward_model="vllm_prm"}'
-    assert samples[calls] == stats["reward_calls"]
+    assert after - before == stats["reward_calls"]
