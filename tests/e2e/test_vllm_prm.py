@@ -2,8 +2,8 @@
 
 One engine for the default run: a tiny Math-Shepherd-style causal LM (the tiny test tokenizer plus
 the step tag "ки" as one token). The Qwen2.5-Math-PRM style needs a second engine (a
-``Qwen2ForProcessRewardModel`` checkpoint), so its test is ``slow`` and runs only when asked for
-with ``-m slow``. The policy judge is not tested here: this engine is pooling-only and cannot
+``Qwen2ForProcessRewardModel`` checkpoint), so its test is ``slow``: `make test-all` runs it,
+`make test` does not. The policy judge is not tested here: this engine is pooling-only and cannot
 generate (tests/unit/test_reward_models.py covers the judge against a fake engine).
 """
 
@@ -207,9 +207,7 @@ def build_tiny_qwen_prm(directory: Path) -> tuple[Path, Qwen2Model, dict[str, to
 
 
 @pytest.mark.slow
-async def test_qwen_prm_style_equals_transformers(request, tmp_path) -> None:
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("starts a second engine; run with -m slow")
+async def test_qwen_prm_style_equals_transformers(tmp_path) -> None:
     model_dir, body, head = build_tiny_qwen_prm(tmp_path / "tiny-qwen-prm")
     prm = VllmProcessRewardModel(engine_config(model_dir, "qwen_prm")).start()
     try:

@@ -207,26 +207,32 @@ def test_check_scores_rejects_broken_shapes() -> None:
         check_scores([["a"]], [[1.5]])
 
 
-GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl")
+# The first 400 problems of the GSM8K test split, shipped with the tests (tests/fixtures/README.md).
+GSM8K_TEST = Path(__file__).resolve().parent.parent / "fixtures" / "gsm8k_test_400.jsonl"
 
 
-@pytest.mark.skipif(not GSM8K_TEST.exists(), reason="GSM8K test split not present")
+def _gsm8k_rows() -> list[dict]:
+    rows = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines()]
+    assert len(rows) == 400
+    return rows
+
+
 def test_gsm8k_reference_solutions_are_almost_never_flagged() -> None:
-    """False alarms on real solutions: the few flagged are genuine slips in the references."""
+    """False alarms on real solutions: the few flagged on the whole split (3 of its ~4,500
+    checked equations) are genuine slips in the references; none is in these 400 problems."""
     checked = flagged = 0
-    for row in map(json.loads, GSM8K_TEST.read_text().splitlines()):
+    for row in _gsm8k_rows():
         for line in row["answer"].split("\n")[:-1]:
             checks = check_step(line)
             checked += len(checks)
             flagged += sum(not c.correct for c in checks)
-    assert checked > 4000
+    assert checked > 1200
     assert flagged / checked < 0.005
 
 
-@pytest.mark.skipif(not GSM8K_TEST.exists(), reason="GSM8K test split not present")
 def test_gsm8k_injected_errors_are_mostly_caught() -> None:
     altered = caught = 0
-    for row in map(json.loads, GSM8K_TEST.read_text().splitlines()[:400]):
+    for row in _gsm8k_rows():
         for line in row["answer"].split("\n")[:-1]:
             prose = re.sub(r"<<[^<>]*>>", "", line)
             if (m := re.search(r"=\s*\$?(\d+)", prose)) is None:

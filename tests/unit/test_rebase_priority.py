@@ -250,3 +250,14 @@ def test_the_priority_setting_builds_a_kv_aware_priority_scheduler() -> None:
     scheduler = Resources.build(settings, engine).rebase_scheduler  # type: ignore[arg-type]
     assert isinstance(scheduler, PriorityScheduler)
     assert (scheduler.kv_blocks, scheduler.kv_watermark, scheduler.min_share) == (300, 0.8, 0)
+
+
+async def test_the_prm_bound_is_built_once_from_the_setting() -> None:
+    """The `priority` scheduler's bound on PRM-engine calls is a field of the service's
+    resources, built at start-up, sized by `--rebase-prm-max-in-flight`: one object for every
+    request (it was once looked up in a dict that no longer existed: every PRM call failed)."""
+    resources = Resources.build(Settings(rebase_prm_max_in_flight=2), None)
+    bound = resources.prm_bound
+    async with bound, bound:  # two calls in flight: the third must wait
+        assert bound.locked()
+    assert not bound.locked()
