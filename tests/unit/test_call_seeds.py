@@ -7,7 +7,7 @@ from __future__ import annotations
 from itertools import islice
 from types import SimpleNamespace
 
-from server.methods.base import SamplingSpec
+from server.core.requests import SamplingSpec
 from server.methods.rebase import SEEDS_PER_TREE, tree_seeds
 from server.quiet_star.decoder import QuietStarDecoder
 from server.quiet_star.params import QuietStarParams
@@ -30,9 +30,15 @@ def _decoder(seed: int | None, seed_base: int) -> QuietStarDecoder:
         hf_config=SimpleNamespace(architectures=["LlamaForCausalLM"], vocab_size=64),
         eos_token_id=0,
     )
-    ctx = SimpleNamespace(engine=engine)
     sampling = SamplingSpec(max_tokens=4, seed=seed)
-    return QuietStarDecoder(ctx, QuietStarParams(), sampling, seed_base=seed_base)  # type: ignore[arg-type]
+    return QuietStarDecoder(
+        engine,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]  # no engine call: no charge
+        QuietStarParams(),
+        sampling,
+        seed_base=seed_base,
+        request_id="cmpl-x-p0",
+    )
 
 
 def _decoder_seeds(seed: int | None, seed_base: int, count: int = 3) -> list[int | None]:

@@ -14,8 +14,8 @@ from server.api.serving import CompletionService
 from server.core.config import Settings
 from server.core.errors import APIError
 from server.core.flops import FlopsModel
+from server.core.requests import ChoiceDelta
 from server.core.usage import UsageMeter
-from server.methods.base import ChoiceDelta
 
 FLOPS = FlopsModel(2, 64, 64, 64, 128, 512, True)
 

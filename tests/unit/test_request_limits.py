@@ -114,9 +114,9 @@ def test_multi_token_delimiters_are_charged_at_their_real_length() -> None:
 def test_a_request_just_over_the_cap_by_the_real_step_length_is_refused() -> None:
     # 100 tokens x (8 + 7) = 1500 positions; the one-token formula (t + 3) said 1100.
     params = thinking(8, start=3, end=3)
-    check_request_work(QuietStar(), [inp(quiet_star=params)], Settings(max_request_tokens=1500))
+    check(QuietStar(), [inp(quiet_star=params)], Settings(max_request_tokens=1500))
     with pytest.raises(APIError) as caught:
-        check_request_work(QuietStar(), [inp(quiet_star=params)], Settings(max_request_tokens=1499))
+        check(QuietStar(), [inp(quiet_star=params)], Settings(max_request_tokens=1499))
     error = caught.value
     assert error.status == 400 and error.param == "max_tokens"
     assert "1500 tokens" in error.message and "max_request_tokens=1499" in error.message
@@ -139,9 +139,9 @@ def test_the_request_checks_resolve_the_delimiters_the_work_cap_charges() -> Non
     request = inp(quiet_star=params)
     QuietStar().check(request, engine)  # type: ignore[arg-type]
     assert request.params["quiet_star"].steps == 16  # type: ignore[attr-defined]
-    check_request_work(QuietStar(), [request], Settings(max_request_tokens=1600))
+    check(QuietStar(), [request], Settings(max_request_tokens=1600))
     with pytest.raises(APIError) as caught:
-        check_request_work(QuietStar(), [request], Settings(max_request_tokens=1599))
+        check(QuietStar(), [request], Settings(max_request_tokens=1599))
     assert caught.value.status == 400 and caught.value.param == "max_tokens"
     assert "1600 tokens" in caught.value.message
 
