@@ -433,10 +433,10 @@ class CompletionService:
                 engine=self.engine,
                 meter=prepared.meter,
                 settings=self.settings,
-                request_id=f"{prepared.request_id}-p{prompt_index}",
+                http_request_id=prepared.request_id,
+                prompt_id=f"{prepared.request_id}-p{prompt_index}",
                 details=prepared.details,
                 resources=self.resources,
-                http_request_id=prepared.request_id,
             )
             async with aclosing(prepared.method.run(ctx, inp)) as deltas:
                 async for delta in deltas:

@@ -72,12 +72,12 @@ class PolicyEngine(Protocol):
         *,
         component: Component = "policy",
         request_id: str | None = None,
-        routing_key: str | None = None,
+        choice_id: str | None = None,
         priority: int = 0,
         rollback_steps: int | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream one single-sequence request (`params.n == 1`) and charge its cost to `meter`
-        however it ends. `routing_key` groups calls that share a prefix (one tree, one
+        however it ends. `choice_id` groups calls that share a prefix (one tree, one
         sequence) so a replicated engine sends them to one replica's prefix cache; the
         in-process engine ignores it. `priority` is vLLM's (lower runs first) for engines that
         schedule by priority. `rollback_steps` (continuation only) charges each output token's

@@ -183,7 +183,7 @@ class Engine:
         *,
         component: Component = "policy",
         request_id: str | None = None,
-        routing_key: str | None = None,  # one engine: nothing to route
+        choice_id: str | None = None,  # one engine: nothing to route
         priority: int = 0,
         rollback_steps: int | None = None,
     ) -> AsyncIterator[RequestOutput]:

@@ -4,7 +4,7 @@ Why this shape: every engine call of every method is self-contained (its full to
 its sampling parameters, its logits-processor arguments), so one call maps onto one streamed
 `POST /v1/completions` with a token-id prompt, and a call that fails on a dead replica can be
 sent again, whole, to another one (only that replica's prefix cache is lost). The router
-(docs/scaling.md) picks the replica from the `routing_key` header: one tree or one sequence
+(docs/scaling.md) picks the replica from the `choice_id` header: one tree or one sequence
 keeps one replica's prefix cache, and different trees spread.
 
 What vLLM's API must give back, and how it is asked for:
@@ -299,7 +299,7 @@ class RemoteEngine:
         *,
         component: Component = "policy",
         request_id: str | None = None,
-        routing_key: str | None = None,
+        choice_id: str | None = None,
         priority: int = 0,
         rollback_steps: int | None = None,
     ) -> AsyncIterator[RequestOutput]:
@@ -318,7 +318,7 @@ class RemoteEngine:
             raise ValueError("RemoteEngine.generate runs one sequence; fan out n in the method")
         request_id = request_id or engine_request_id()
         headers = {
-            self.settings.engine_routing_header: routing_key or request_id,
+            self.settings.engine_routing_header: choice_id or request_id,
             "X-Request-Id": request_id,
         }
         prompt = list(prompt_token_ids)

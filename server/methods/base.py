@@ -25,22 +25,22 @@ from server.methods.resources import Resources
 
 @dataclass
 class MethodContext:
-    """What a method may use: the engine, the request's meter, settings, a details dict."""
+    """What a method may use: the engine, the request's meter, settings, a details dict.
+
+    Three ids, one name each: `http_request_id` ("cmpl-<id>", the whole HTTP request, shared by
+    its prompts: the key under which shared schedulers are fair across requests), `prompt_id`
+    ("<http_request_id>-p<prompt index>") and, inside a method, `choice_id`
+    ("<prompt_id>-<choice index>": one sequence, or one REBASE tree), the key a replicated
+    engine routes a choice's calls by, so they share one replica's prefix cache."""
 
     engine: PolicyEngine  # in-process or remote replicas: methods do not know which
     meter: UsageMeter
     settings: Settings
-    request_id: str  # this prompt's: "<http request id>-p<prompt index>"
+    http_request_id: str
+    prompt_id: str
     # Process-wide services methods share across requests (schedulers, reward models).
     resources: Resources
     details: dict[str, Any] = field(default_factory=dict)
-    # The whole HTTP request's id, shared by all its prompts: the key under which shared
-    # schedulers are fair across requests (one request with many prompts is still one).
-    http_request_id: str = ""
-
-    @property
-    def fairness_key(self) -> str:
-        return self.http_request_id or self.request_id
 
 
 class Method(ABC):

@@ -23,7 +23,7 @@ class Baseline(Method):
         self, ctx: MethodContext, inp: MethodInput, index: int
     ) -> AsyncIterator[ChoiceDelta]:
         params = inp.sampling.to_vllm(seed_offset=index, output_kind=RequestOutputKind.DELTA)
-        request_id = f"{ctx.request_id}-{index}"
+        request_id = f"{ctx.prompt_id}-{index}"
         calls = ctx.engine.generate(inp.prompt_token_ids, params, ctx.meter, request_id=request_id)
         async with aclosing(calls) as outputs:  # closed (charged) when the consumer stops
             async for output in outputs:

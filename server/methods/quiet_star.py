@@ -50,8 +50,8 @@ class QuietStar(Method):
             params,
             inp.sampling,
             seed_base=(inp.sampling.seed or 0) + index,
-            request_id=ctx.request_id,
-            routing_key=f"{ctx.request_id}-{index}",  # one sequence: one replica's cache
+            request_id=ctx.prompt_id,
+            choice_id=f"{ctx.prompt_id}-{index}",  # one sequence: one replica's cache
         )
         text = IncrementalText(ctx.engine.tokenizer, inp.sampling.stop)
         stop_ids = decoder.stop_token_ids  # EOS (and BOS for a checkpoint) unless ignore_eos
@@ -79,7 +79,7 @@ class QuietStar(Method):
                     break
         ctx.details.setdefault("quiet_star", []).append(
             {
-                "request": f"{ctx.request_id}-{index}",
+                "request": f"{ctx.prompt_id}-{index}",
                 "engine_calls": decoder.engine_calls,
                 "output_tokens": produced,
                 # "head": the checkpoint's learned mixing head; "request": a fixed w

@@ -53,7 +53,7 @@ class QuietStarRebase(Rebase):
         max_tokens: int,
         stops: list[str],
         seed: int | None,
-        routing_key: str | None = None,
+        choice_id: str | None = None,
         priority: int = 0,
     ) -> GeneratedStep:
         # `priority` (vLLM's) is not passed on: the Quiet-STaR decoder makes one engine request
@@ -65,8 +65,8 @@ class QuietStarRebase(Rebase):
             params,
             inp.sampling,
             seed_base=seed or 0,
-            request_id=ctx.request_id,
-            routing_key=routing_key,
+            request_id=ctx.prompt_id,
+            choice_id=choice_id,
         )
         text = IncrementalText(ctx.engine.tokenizer, stops)
         stop_ids = decoder.stop_token_ids

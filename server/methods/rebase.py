@@ -89,11 +89,11 @@ class Rebase(Method):
         max_tokens: int,
         stops: list[str],
         seed: int | None,
-        routing_key: str | None = None,
+        choice_id: str | None = None,
         priority: int = 0,
     ) -> GeneratedStep:
         """One step: plain sampling up to a stop string (kept in the text) or `max_tokens`.
-        Subclasses decode steps differently (quiet_star+rebase thinks). `routing_key` is the
+        Subclasses decode steps differently (quiet_star+rebase thinks). `choice_id` is the
         tree's: all its calls share one replica's prefix cache (docs/scaling.md). `priority`
         is vLLM's (lower runs first; it matters only with the engine's priority policy)."""
         params = inp.sampling.to_vllm(
@@ -105,9 +105,9 @@ class Rebase(Method):
             logprobs=None,
         )
         final = None
-        request_id = engine_request_id(ctx.request_id)
+        request_id = engine_request_id(ctx.prompt_id)
         call = ctx.engine.generate(
-            prompt, params, ctx.meter, request_id=request_id, routing_key=routing_key,
+            prompt, params, ctx.meter, request_id=request_id, choice_id=choice_id,
             priority=priority,
         )  # fmt: skip
         async with aclosing(call) as outputs:
@@ -120,7 +120,9 @@ class Rebase(Method):
         self, ctx: MethodContext, inp: MethodInput, index: int
     ) -> AsyncIterator[ChoiceDelta]:
         params: RebaseParams = inp.params["rebase"]  # type: ignore[assignment]
-        tree = _Tree(self, ctx, inp, params, tree_id=f"{ctx.request_id}-{index}", index=index)
+        tree = _SearchDriver(
+            self, ctx, inp, params, choice_id=f"{ctx.prompt_id}-{index}", index=index
+        )
         result = await rebase_search(tree.root, params, tree.expand, tree.score)
         yield tree.answer(result)
 
@@ -145,8 +147,9 @@ class GeneratedStep:
     stop_reason: int | str | None  # the stop string that matched; None for EOS
 
 
-class _Tree:
-    """The engine-facing side of one search: expansions, scoring, the final answer."""
+class _SearchDriver:
+    """Drives one search (server/rebase/search.py) on the engine: expansions, scoring, the
+    final answer."""
 
     def __init__(
         self,
@@ -155,11 +158,11 @@ class _Tree:
         inp: MethodInput,
         params: RebaseParams,
         *,
-        tree_id: str,
+        choice_id: str,
         index: int,
     ) -> None:
         self.method, self.ctx, self.inp, self.params = method, ctx, inp, params
-        self.tree_id, self.index = tree_id, index
+        self.choice_id, self.index = choice_id, index
         self.format = StepFormat(params)
         prefix = self.format.root_prefix()
         self.root = root_node(ctx.engine.encode(prefix) if prefix else [], prefix)
@@ -206,7 +209,7 @@ class _Tree:
         if self.kv_layout is not None:
             kv = expansion_cost(node, len(prompt), max_tokens, self.kv_layout[1])
         step = await self.scheduler.run(
-            self.ctx.fairness_key,
+            self.ctx.http_request_id,
             lambda: self.method.generate_step(
                 self.ctx,
                 self.inp,
@@ -214,7 +217,7 @@ class _Tree:
                 max_tokens=max_tokens,
                 stops=self.format.stop_strings(depth),
                 seed=seed if self.inp.sampling.seed is not None else None,
-                routing_key=self.tree_id,
+                choice_id=self.choice_id,
                 priority=self._engine_priority() if self.eager else 0,
             ),
             self.method.name,
@@ -256,7 +259,7 @@ class _Tree:
             return await self.reward.score(self.inp.prompt_text, steps_batch, meter=self.ctx.meter)
 
         if not self.eager:
-            scores = await self.scheduler.run(self.ctx.fairness_key, job, self.method.name)
+            scores = await self.scheduler.run(self.ctx.http_request_id, job, self.method.name)
         elif self.reward.name == "arithmetic":  # microseconds on the CPU: no slot to wait for
             scores = await job()
         elif self.reward.name == "vllm_prm":  # its own engine: its own bound, not policy slots
@@ -264,7 +267,7 @@ class _Tree:
                 scores = await job()
         else:  # the policy judge runs on the policy engine: it takes a policy slot
             scores = await self.scheduler.run(
-                self.ctx.fairness_key, job, self.method.name, rank=self._rank(nodes[0].depth)
+                self.ctx.http_request_id, job, self.method.name, rank=self._rank(nodes[0].depth)
             )
         self.reward_calls += 1
         metrics.REWARD_CALLS.labels(self.method.name, self.reward.name).inc()
@@ -297,7 +300,7 @@ class _Tree:
         metrics.TOKENS.labels(method, "tree").inc(self.tree_tokens)
         self.ctx.details.setdefault("rebase", []).append(
             {
-                "request": self.tree_id,
+                "request": self.choice_id,
                 "answer": votes.answer,
                 "votes": votes.votes,
                 "nodes_expanded": result.nodes_expanded,

@@ -83,12 +83,12 @@ class QuietStarDecoder:
         *,
         seed_base: int,
         request_id: str,
-        routing_key: str | None = None,
+        choice_id: str | None = None,
     ) -> None:
         self.engine, self.meter, self.params, self.sampling = engine, meter, params, sampling
         self.request_id = request_id  # the prompt's: engine request ids derive from it
         # Every call of this sequence extends one context: one replica's prefix cache.
-        self.routing_key = routing_key
+        self.choice_id = choice_id
         tokenizer = engine.tokenizer
         self.model = served_model(engine)
         self.start_ids, self.end_ids = resolve_delimiters(
@@ -206,7 +206,7 @@ class QuietStarDecoder:
             params,
             self.meter,
             request_id=engine_request_id(self.request_id),
-            routing_key=self.routing_key,
+            choice_id=self.choice_id,
         )
         async with aclosing(call) as outputs:
             async for output in outputs:
@@ -307,7 +307,7 @@ class QuietStarDecoder:
             params,
             self.meter,
             request_id=engine_request_id(self.request_id),
-            routing_key=self.routing_key,
+            choice_id=self.choice_id,
         )
         async with aclosing(call) as outputs:  # a caller that stops early aborts the call
             async for output in outputs:

@@ -198,7 +198,8 @@ def context(engine: FakePolicyEngine) -> MethodContext:
         engine=engine,
         meter=UsageMeter(FLOPS),
         settings=settings,
-        request_id="r",
+        http_request_id="cmpl-r",
+        prompt_id="cmpl-r-p0",
         resources=Resources.build(settings, engine),
     )  # type: ignore[arg-type]
 

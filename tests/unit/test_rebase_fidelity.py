@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from server.core.answers import extract_answer, marked_answer
 from server.core.config import Settings
-from server.methods.rebase import Rebase, _Tree
+from server.methods.rebase import Rebase, _SearchDriver
 from server.methods.resources import Resources
 from server.rebase.aggregation import aggregate, voting_leaves
 from server.rebase.allocation import allocate_children
@@ -62,16 +62,16 @@ class _StepScores:
         return [self.scores[: len(steps)] for steps in paths]
 
 
-def _tree(prm: _StepScores, **params) -> _Tree:
+def _tree(prm: _StepScores, **params) -> _SearchDriver:
     settings = SimpleNamespace(rebase_scheduler="direct", reward_model="scripted")
     resources = Resources.build(Settings(rebase_scheduler="direct"), None)
     resources.reward_models["scripted"] = prm  # type: ignore[assignment]
     ctx = SimpleNamespace(
         resources=resources, settings=settings, details={},
-        request_id="req", fairness_key="req", meter=None, engine=None,
+        http_request_id="req", prompt_id="req-p0", meter=None, engine=None,
     )  # fmt: skip
     inp = SimpleNamespace(prompt_text="Q", prompt_token_ids=[1], sampling=SimpleNamespace(seed=0))
-    return _Tree(Rebase(), ctx, inp, RebaseParams(**params), tree_id="req-0", index=0)
+    return _SearchDriver(Rebase(), ctx, inp, RebaseParams(**params), choice_id="req-0", index=0)
 
 
 def _chain(ends: list[str]) -> list[Node]:

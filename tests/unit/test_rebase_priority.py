@@ -176,7 +176,7 @@ class _FakeStepRebase(Rebase):
     seed-dependent time, so steps finish in a different order from the one they started in."""
 
     async def generate_step(
-        self, ctx, inp, prompt, *, max_tokens, stops, seed, routing_key=None, priority=0
+        self, ctx, inp, prompt, *, max_tokens, stops, seed, choice_id=None, priority=0
     ):
         digest = hashlib.sha256(f"{prompt}|{seed}".encode()).digest()
         await asyncio.sleep(digest[0] / 255 * 0.004)
@@ -205,7 +205,7 @@ def _trees(scheduler) -> list:
             engine=engine,  # type: ignore[arg-type]  # only its KV layout is read
             meter=None,  # type: ignore[arg-type]  # the arithmetic PRM charges nothing
             settings=Settings(),
-            request_id=f"cmpl-{request}-p0",
+            prompt_id=f"cmpl-{request}-p0",
             http_request_id=f"cmpl-{request}",
             resources=replace(Resources.build(Settings(), None), rebase_scheduler=scheduler),
         )

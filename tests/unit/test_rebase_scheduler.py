@@ -170,7 +170,7 @@ class _OneStepRebase(Rebase):
     """Every step states an answer at once, so each tree is one level (no engine)."""
 
     async def generate_step(
-        self, ctx, inp, prompt, *, max_tokens, stops, seed, routing_key=None, priority=0
+        self, ctx, inp, prompt, *, max_tokens, stops, seed, choice_id=None, priority=0
     ) -> GeneratedStep:
         return GeneratedStep([5, 6], "The answer is 7", "length", None)
 
@@ -194,7 +194,7 @@ def test_all_trees_of_one_http_request_share_one_fairness_key() -> None:
                 engine=None,  # type: ignore[arg-type]  # unused: no root prefix to encode
                 meter=None,  # type: ignore[arg-type]  # the arithmetic PRM charges nothing
                 settings=Settings(),
-                request_id=f"cmpl-abc-p{prompt_index}",
+                prompt_id=f"cmpl-abc-p{prompt_index}",
                 http_request_id="cmpl-abc",
                 resources=resources,
             )

@@ -164,7 +164,7 @@ def test_output_kinds_and_cache_aware_charge(kind, expected) -> None:
         return httpx.Response(200, content=_sse(_chunks([10, 11, 12])))
 
     meter = UsageMeter(FLOPS)
-    outs = asyncio.run(_collect(_engine(handler), kind, meter, routing_key="tree-1"))
+    outs = asyncio.run(_collect(_engine(handler), kind, meter, choice_id="tree-1"))
     assert [list(o.outputs[0].token_ids) for o in outs] == expected
     assert outs[-1].finished and outs[-1].outputs[0].finish_reason == "length"
     assert outs[-1].num_cached_tokens == 4
