@@ -6,8 +6,8 @@ must then vanish from the context. Served as one engine request per output token
 re-prefills the partial last KV block and pays a request's overheads. This scheduler keeps
 one request per sequence and, after each talk token, rolls the request back to its visible
 tokens (as vLLM does for rejected speculative tokens), so every output token costs exactly
-`t + 3` forward positions (talk/base, start, t thoughts, end), one engine step each with
-one-token delimiters. docs/quiet_star.md has the
+`s + t + e + 1` forward positions (talk/base, the start delimiter's s tokens, t thoughts, the
+end delimiter's e tokens; `t + 3` with one-token delimiters, one engine step each). docs/quiet_star.md has the
 full argument; the pieces:
 
 * **Scheduler side** (here). Thought tokens are appended like any output (vLLM schedules
@@ -17,7 +17,7 @@ full argument; the pieces:
   `start` had: its row is the next token's base distribution. Stop checks (EOS, stop ids,
   `max_tokens`, `max_model_len`) run on visible tokens only; a thought token never stops the
   request. Every round token is still emitted to the frontend, so vLLM's own generation
-  counter counts `t + 3` per output token; the gateway keeps only the talk tokens.
+  counter counts `s + t + e + 1` per output token; the gateway keeps only the talk tokens.
 * **Prefix cache.** Blocks are cached only up to the visible length: a block holding thought
   KV is never hashed into the pool (its slots are overwritten after the rollback, and a cache
   hit on it from another request would share a block we are about to rewrite).
