@@ -7,8 +7,8 @@ re-prefills the partial last KV block and pays a request's overheads. This sched
 one request per sequence and, after each talk token, rolls the request back to its visible
 tokens (as vLLM does for rejected speculative tokens), so every output token costs exactly
 `s + t + e + 1` forward positions (talk/base, the start delimiter's s tokens, t thoughts, the
-end delimiter's e tokens; `t + 3` with one-token delimiters, one engine step each). docs/quiet_star.md has the
-full argument; the pieces:
+end delimiter's e tokens; `t + 3` with one-token delimiters, one engine step each).
+docs/quiet_star.md has the full argument; the pieces:
 
 * **Scheduler side** (here). Thought tokens are appended like any output (vLLM schedules
   them); at the talk token the round's `start..end` are deleted from the request's token

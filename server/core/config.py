@@ -133,7 +133,8 @@ class Settings(BaseSettings):
     quiet_star_engine: Literal["continuation", "per_token"] | None = Field(
         None,
         description="How quiet_star decodes: 'continuation' = one engine request per sequence, "
-        "each token's thought rolled back by our scheduler (s + t + e + 1 positions per token, s and e the delimiters' token counts; turns "
+        "each token's thought rolled back by our scheduler (s + t + e + 1 positions per token, "
+        "s and e the delimiters' token counts; turns "
         "vLLM's asynchronous scheduling off for every method); 'per_token' = one engine "
         "request per output token. Default: 'continuation' on CPU (synchronous there anyway), "
         "'per_token' on GPU, where asynchronous scheduling is kept until a GPU run measures "
