@@ -37,7 +37,7 @@ from loadtest.harness.servers import EngineSettings
 from server.core.answers import extract_answer
 from server.rebase.aggregation import aggregate
 from server.rebase.params import RebaseParams
-from server.rebase.search import rebase_search
+from server.rebase.search import batch_expand, rebase_search
 from server.rebase.steps import StepFormat
 from server.rebase.tree import Node, root_node
 from server.rewards.arithmetic import ArithmeticRewardModel
@@ -97,7 +97,7 @@ class HFRebase:
                 node.score = scores[0][-1] if scores[0] else 0.0
 
         start = time.perf_counter()
-        result = asyncio.run(rebase_search(root_node([], ""), self.params, expand, score))
+        result = asyncio.run(rebase_search(root_node([], ""), self.params, batch_expand(expand), score))
         votes = aggregate(
             [(extract_answer(leaf.path_text()), leaf.score) for leaf in result.leaves],
             "weighted_vote",

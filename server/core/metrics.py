@@ -127,6 +127,19 @@ REBASE_LEAVES = Histogram(
     ["method"],
     buckets=COUNT_BUCKETS,
 )
+SEARCH_ENDS = Counter(
+    "thinkscale_search_ends",
+    "REBASE trees by why the search ended: complete (all width leaves), decided (the exact "
+    "early stop: the vote could no longer change), confident (the adaptive early stop), budget "
+    "(the request's budget ran out), depth (max_depth cut the open paths).",
+    ["method", "reason"],
+)
+EARLY_STOP_SAVED = Counter(
+    "thinkscale_early_stop_saved",
+    "Work an early stop did not spend, estimated as the leaves it did not grow at the average "
+    "cost of a leaf so far, by method, reason (decided, confident) and kind (flops, tokens).",
+    ["method", "reason", "kind"],
+)
 REWARD_CALLS = Counter(
     "thinkscale_reward_calls",
     "Process-reward-model scoring calls, by method and reward model.",
@@ -154,6 +167,12 @@ def init_method_series(methods: list[str]) -> None:
         for status in ("ok", "client_error", "server_error", "cancelled", "timeout", "rejected"):
             REQUESTS.labels(method=method, status=status)
         IN_FLIGHT.labels(method=method)
+        if "rebase" in method:
+            for reason in ("complete", "decided", "confident", "budget", "depth"):
+                SEARCH_ENDS.labels(method=method, reason=reason)
+            for reason in ("decided", "confident"):
+                for kind in ("flops", "tokens"):
+                    EARLY_STOP_SAVED.labels(method=method, reason=reason, kind=kind)
         QUEUE_DEPTH.labels(method=method)
         for component in ("policy", "reward"):
             for accounting in ("executed", "nominal"):

@@ -48,6 +48,13 @@ class UsageMeter:
     reward_flops: FlopsModel | None = None
     components: dict[str, ComponentCost] = field(default_factory=dict)
     thought_tokens: int = 0
+    # A choice's own meter (one REBASE tree, one budgeted sequence) charges the request's
+    # meter too, so the choice's spend can be read while the request's total stays exact.
+    parent: UsageMeter | None = field(default=None, repr=False)
+
+    def child(self) -> UsageMeter:
+        """A meter for one choice of this request: every charge to it is also charged here."""
+        return UsageMeter(self.policy_flops, self.reward_flops, parent=self)
 
     def record_generation(
         self,
@@ -65,6 +72,16 @@ class UsageMeter:
         `prompt_logits="all"`: it returned the prompt's logprobs).
         `reported`: the engine reported the call (False: it was cut before its first output, so
         whether its prompt ran is unknown; it is charged in full)."""
+        if self.parent is not None:
+            self.parent.record_generation(
+                prompt_tokens=prompt_tokens,
+                cached_tokens=cached_tokens,
+                generated_tokens=generated_tokens,
+                component=component,
+                rollback_steps=rollback_steps,
+                reported=reported,
+                prompt_logits=prompt_logits,
+            )
         model = self._model_for(component)
         cost = self.components.setdefault(component, ComponentCost())
         cost.engine_calls += 1
@@ -91,6 +108,10 @@ class UsageMeter:
         self, *, prompt_tokens: int, cached_tokens: int, component: Component = "reward"
     ) -> None:
         """Charge a scoring call that only runs the prompt (a pooling PRM): no LM head."""
+        if self.parent is not None:
+            self.parent.record_prefill(
+                prompt_tokens=prompt_tokens, cached_tokens=cached_tokens, component=component
+            )
         model = self._model_for(component)
         cost = self.components.setdefault(component, ComponentCost())
         cost.engine_calls += 1
@@ -98,6 +119,21 @@ class UsageMeter:
         cost.cached_tokens += cached_tokens
         cost.forward_tokens += prompt_tokens - cached_tokens
         cost.flops = cost.flops + model.prefill_flops(prompt_tokens, cached_tokens, logits="none")
+
+    def add_thought_tokens(self, count: int) -> None:
+        """Quiet-STaR thought tokens sampled for this request (and its parent's)."""
+        self.thought_tokens += count
+        if self.parent is not None:
+            self.parent.add_thought_tokens(count)
+
+    def charge_reward_at(self, model: FlopsModel) -> None:
+        """Charge reward calls at `model`'s size (an engine PRM of its own), here and in every
+        meter above, unless one was set already."""
+        meter: UsageMeter | None = self
+        while meter is not None:
+            if meter.reward_flops is None:
+                meter.reward_flops = model
+            meter = meter.parent
 
     def component(self, name: Component) -> ComponentCost:
         return self.components.get(name, ComponentCost())

@@ -14,6 +14,8 @@ order, before any job runs, and a node's score depends on its path only.
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
@@ -31,10 +33,11 @@ from server.core.requests import ChoiceDelta, MethodInput, RequestWork
 from server.core.seeds import call_seeds
 from server.engines.base import PolicyEngine
 from server.methods.base import Method, MethodContext
-from server.methods.streams import gather_cancelling, merge_streams
+from server.methods.streams import merge_streams
 from server.rebase.aggregation import aggregate, voting_leaves
+from server.rebase.early_stop import EarlyStopMonitor
 from server.rebase.kv import expansion_cost
-from server.rebase.params import RebaseParams
+from server.rebase.params import RebaseParams, early_stop_label
 from server.rebase.scheduler import PriorityScheduler
 from server.rebase.search import SearchResult, rebase_search
 from server.rebase.steps import StepFormat
@@ -123,7 +126,7 @@ class Rebase(Method):
         tree = _SearchDriver(
             self, ctx, inp, params, choice_id=f"{ctx.prompt_id}-{index}", index=index
         )
-        result = await rebase_search(tree.root, params, tree.expand, tree.score)
+        result = await rebase_search(tree.root, params, tree.expand, tree.score, tree.monitor)
         yield tree.answer(result)
 
 
@@ -161,34 +164,56 @@ class _SearchDriver:
         choice_id: str,
         index: int,
     ) -> None:
-        self.method, self.ctx, self.inp, self.params = method, ctx, inp, params
+        # The tree's own meter (charging the request's too): what it spent, for early stopping,
+        # shadow records and budgets.
+        self.meter = ctx.meter.child()
+        self.ctx = copy.copy(ctx)  # the request's context, with the tree's meter
+        self.ctx.meter = self.meter
+        self.method, self.inp, self.params = method, inp, params
         self.choice_id, self.index = choice_id, index
         self.format = StepFormat(params)
         prefix = self.format.root_prefix()
         self.root = root_node(ctx.engine.encode(prefix) if prefix else [], prefix)
         self.scheduler = ctx.resources.rebase_scheduler
         self.reward: RewardModel = reward_model(ctx, params.reward_model)
+        self.monitor = EarlyStopMonitor(params, max_score=self.reward.max_score, spent=self.spent)
         self._seeds = tree_seeds(inp.sampling.seed, index)
         self.tree_tokens = 0
         self.reward_calls = 0
-        # `priority` scheduler: score each child when its step is done; rank by request age.
-        self.eager = isinstance(self.scheduler, PriorityScheduler)
-        self._scored: set[int] = set()  # ids of nodes already scored eagerly
+        # Score each child when its step is done: the `priority` scheduler's way, and what an
+        # early stop needs to check after every leaf. Ranks by request age.
+        self.eager = isinstance(self.scheduler, PriorityScheduler) or (
+            params.early_stop != "off" or params.shadow_stop
+        )
+        self.best: Node | None = None  # the best-scored node so far (answer of a cut search)
         self.started = time.monotonic()
-        self.kv_layout = ctx.engine.kv_layout() if self.eager else None
+        self.prioritised = isinstance(self.scheduler, PriorityScheduler)
+        self.kv_layout = ctx.engine.kv_layout() if self.prioritised else None
 
     # -- expand: k continuations of each node, one engine sequence each ------------------
-    async def expand(self, requests: Sequence[tuple[Node, int]]) -> list[Node]:
+    async def expand(self, requests: Sequence[tuple[Node, int]]) -> AsyncIterator[tuple[int, Node]]:
+        """Yield (slot, child) as each child is done; closing this early (the search stopped)
+        cancels the expansions still running, which aborts and charges their engine calls."""
         # Seeds are drawn here, in request order, before any job runs: the same tree
         # whatever order the engine finishes the steps in.
         jobs = [self._expand_one(node, next(self._seeds)) for node, k in requests for _ in range(k)]
-        return await gather_cancelling(jobs)
+        tasks = [asyncio.ensure_future(job) for job in jobs]
+        slots = {task: slot for slot, task in enumerate(tasks)}
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=slots.__getitem__):
+                    yield slots[task], task.result()  # a failed expansion fails the search
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _expand_one(self, node: Node, seed: int) -> Node:
         child = await self._generate_step(node, seed)
         if self.eager:  # no level barrier before scoring (the reference scores per fork)
             await self._score_now([child])
-            self._scored.add(id(child))
         return child
 
     def _rank(self, depth: int) -> tuple[float, int]:
@@ -218,7 +243,7 @@ class _SearchDriver:
                 stops=self.format.stop_strings(depth),
                 seed=seed if self.inp.sampling.seed is not None else None,
                 choice_id=self.choice_id,
-                priority=self._engine_priority() if self.eager else 0,
+                priority=self._engine_priority() if self.prioritised else 0,
             ),
             self.method.name,
             rank=self._rank(depth),
@@ -246,11 +271,9 @@ class _SearchDriver:
 
     # -- score: reward of each new node = PRM score of its last step -----------------------
     async def score(self, nodes: Sequence[Node]) -> None:
-        """The search's level-wide scoring call: only nodes not yet scored eagerly."""
-        pending = [node for node in nodes if id(node) not in self._scored]
-        self._scored.difference_update(id(node) for node in nodes)
-        if pending:
-            await self._score_now(pending)
+        """The search's level-wide scoring call (the nodes not scored eagerly)."""
+        if nodes:
+            await self._score_now(nodes)
 
     async def _score_now(self, nodes: Sequence[Node]) -> None:
         steps_batch = [node.steps() for node in nodes]
@@ -273,24 +296,45 @@ class _SearchDriver:
         metrics.REWARD_CALLS.labels(self.method.name, self.reward.name).inc()
         for node, path_scores in zip(nodes, scores, strict=True):
             node.score = path_scores[-1] if path_scores else 0.0
+            node.scored = True
+            if self.best is None or node.score > self.best.score:
+                self.best = node
 
     # -- answer: vote over the leaves -------------------------------------------------------
     def answer(self, result: SearchResult) -> ChoiceDelta:
+        """The vote over the voting leaves; a search a budget cut before any leaf finished
+        answers with its best-scored path so far. A budget cut is `finish_reason="length"`."""
         leaves = voting_leaves(result.leaves, self.params.vote_leaves)
         votes = aggregate(
             [(extract_answer(leaf.path_text()), leaf.score) for leaf in leaves],
             self.params.aggregation,
         )
         self._record(result, votes, voters=len(leaves))
-        if votes.winner_index is None:
+        winner = leaves[votes.winner_index] if votes.winner_index is not None else self.best
+        if winner is None:
             return ChoiceDelta(index=self.index, text="", finish_reason="length")
-        winner = leaves[votes.winner_index]
+        finished = winner.end in ("answer", "eos") and result.ended != "budget"
         return ChoiceDelta(
             index=self.index,
             text=self.root.text + winner.path_text(),
             token_ids=self.root.token_ids + winner.path_token_ids(),
-            finish_reason="stop" if winner.end in ("answer", "eos") else "length",
+            finish_reason="stop" if finished else "length",
         )
+
+    def spent(self) -> dict[str, float]:
+        """What this tree has spent so far (engine calls charged once they end)."""
+        return {
+            "flops": self.meter.total_flops.executed,
+            "tokens": self.meter.component("policy").generated_tokens,
+        }
+
+    def _saved_estimate(self, result: SearchResult, spent: dict[str, float]) -> dict | None:
+        """An early stop's saving, estimated: the leaves it did not grow at the average cost
+        of a leaf so far (shadow mode measures the real figure)."""
+        done = self.params.width - result.remaining
+        if result.ended not in ("decided", "confident") or done <= 0:
+            return None
+        return {kind: value * result.remaining / done for kind, value in spent.items()}
 
     def _record(self, result: SearchResult, votes: Any, *, voters: int) -> None:
         method = self.method.name
@@ -298,11 +342,22 @@ class _SearchDriver:
         metrics.REBASE_DEPTH.labels(method).observe(result.depth)
         metrics.REBASE_LEAVES.labels(method).observe(len(result.leaves))
         metrics.TOKENS.labels(method, "tree").inc(self.tree_tokens)
+        metrics.SEARCH_ENDS.labels(method, result.ended).inc()
+        spent = self.spent()
+        saved = self._saved_estimate(result, spent)
+        for kind, value in (saved or {}).items():
+            metrics.EARLY_STOP_SAVED.labels(method, result.ended, kind).inc(value)
         self.ctx.details.setdefault("rebase", []).append(
             {
                 "request": self.choice_id,
                 "answer": votes.answer,
                 "votes": votes.votes,
+                "ended": result.ended,
+                "early_stop": early_stop_label(self.params.early_stop),
+                "remaining_leaves": result.remaining,
+                "spent": spent,
+                "saved_estimate": saved,
+                "shadow": self.monitor.shadow,
                 "nodes_expanded": result.nodes_expanded,
                 "depth": result.depth,
                 "level_sizes": result.level_sizes,

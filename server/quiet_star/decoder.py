@@ -214,7 +214,7 @@ class QuietStarDecoder:
         self.engine_calls += 1
         completion = final.outputs[0]
         tokens = list(completion.token_ids)
-        self.meter.thought_tokens += min(len(tokens), spec.thought_steps)
+        self.meter.add_thought_tokens(min(len(tokens), spec.thought_steps))
         if len(tokens) != spec.steps:
             return None
         _check_talk(spec, tokens[-1])
@@ -278,12 +278,12 @@ class QuietStarDecoder:
                     pieces.append(
                         Piece([token], [round_ids[s : s + t]], [round_ids], logprobs=logprobs)
                     )
-                    self.meter.thought_tokens += steps - 1
+                    self.meter.add_thought_tokens(steps - 1)
                     round_ids = []
                 for piece in pieces:
                     produced += 1
                     yield piece
-        self.meter.thought_tokens += len(round_ids)  # a round the engine cut short
+        self.meter.add_thought_tokens(len(round_ids))  # a round the engine cut short
         if finish == "length" and produced < max_tokens:
             self.truncated = True  # the next step would not have fit in max_model_len
 

@@ -13,6 +13,27 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.rebase.aggregation import Aggregation, VoteLeaves
 
 
+class AdaptiveStop(BaseModel):
+    """Stop once the leader wins with this probability under the Beta-Binomial model of the
+    remaining votes (server/rebase/stopping.py); not exact by design."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    confidence: float = Field(..., gt=0.5, lt=1.0)
+
+    @property
+    def label(self) -> str:
+        return f"confidence={self.confidence:g}"
+
+
+EarlyStop = Literal["off", "exact"] | AdaptiveStop
+
+
+def early_stop_label(rule: EarlyStop) -> str:
+    """ "off", "exact" or "confidence=0.95": the setting as results and metrics name it."""
+    return rule.label if isinstance(rule, AdaptiveStop) else rule
+
+
 class RebaseParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -45,6 +66,18 @@ class RebaseParams(BaseModel):
         "finished",
         description="'finished': only leaves that stated an answer or ended (EOS) vote, as in "
         "the reference (all leaves when none did); 'all': leaves cut by a cap vote too.",
+    )
+    early_stop: EarlyStop = Field(
+        "exact",
+        description="'exact': stop as soon as no completion of the remaining leaves can change "
+        "the voted answer (the returned text is the best leaf of that answer so far); "
+        "{'confidence': c}: stop when the leader wins with probability c under a model of the "
+        "remaining votes; 'off': always grow `width` leaves.",
+    )
+    shadow_stop: bool = Field(
+        False,
+        description="Run the full search (as 'off') and record in method_details where the "
+        "exact and adaptive rules would have stopped, and their answer then (benchmarks).",
     )
     reward_model: Literal["arithmetic", "policy_judge", "vllm_prm"] | None = Field(
         None, description="Process reward model; default: the server's."

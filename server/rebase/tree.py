@@ -24,6 +24,7 @@ class Node:
     depth: int = 0
     path_tokens: int = 0  # generated tokens from the root to here, inclusive
     score: float = 0.0
+    scored: bool = False  # `score` is set (the driver may score a child as soon as it is done)
     children: list[Node] = field(default_factory=list)
 
     @property

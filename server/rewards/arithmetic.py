@@ -318,6 +318,7 @@ class ArithmeticRewardModel(RewardModel):
     """
 
     name = "arithmetic"
+    max_score = _CEILING  # scores are clipped to [0.05, 0.95]
 
     def __init__(self, neutral: float = 0.5) -> None:
         if not 0.0 <= neutral <= 1.0:

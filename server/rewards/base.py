@@ -23,6 +23,9 @@ class RewardModel(ABC):
     """Scores reasoning steps; higher means more likely to lead to a correct answer."""
 
     name: ClassVar[str]
+    # The highest score this model can give a step: REBASE's exact early stop bounds what a
+    # future leaf can add to a vote by it (server/rebase/stopping.py).
+    max_score: ClassVar[float] = 1.0
 
     @abstractmethod
     async def score(

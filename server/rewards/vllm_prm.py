@@ -384,8 +384,7 @@ class VllmProcessRewardModel(RewardModel):
         if final is None:
             raise RuntimeError("the PRM engine returned no output")
         if meter is not None:
-            if meter.reward_flops is None:  # charge this model's size, not the policy's
-                meter.reward_flops = self.flops
+            meter.charge_reward_at(self.flops)  # this model's size, not the policy's
             meter.record_prefill(
                 prompt_tokens=len(ids),
                 cached_tokens=int(getattr(final, "num_cached_tokens", 0) or 0),

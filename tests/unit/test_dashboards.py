@@ -25,6 +25,7 @@ DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 # Labels with a bounded set of values; anything else (request ids, prompts, users) is a bug.
 BOUNDED_LABELS = {
     "method", "status", "component", "accounting", "kind", "reward_model", "le",
+    "reason", "budget",  # early stops and budget cuts: fixed sets of values
     # vLLM's own labels
     "model_name", "engine",
     # Prometheus's scrape target: bounded by the replicas deployed (docs/scaling.md)

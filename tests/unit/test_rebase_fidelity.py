@@ -17,15 +17,19 @@ from hypothesis import strategies as st
 
 from server.core.answers import extract_answer, marked_answer
 from server.core.config import Settings
+from server.core.flops import FlopsModel
+from server.core.usage import UsageMeter
 from server.methods.rebase import Rebase, _SearchDriver
 from server.methods.resources import Resources
 from server.rebase.aggregation import aggregate, voting_leaves
 from server.rebase.allocation import allocate_children
 from server.rebase.params import RebaseParams
-from server.rebase.search import rebase_search
+from server.rebase.search import SearchResult, batch_expand, rebase_search
 from server.rebase.steps import has_final_answer
 from server.rebase.tree import Node, root_node
 from tests.unit.test_rebase_search import FakeTree
+
+FLOPS = FlopsModel(2, 64, 64, 64, 128, 512, True)
 
 
 def test_allocation_is_global_across_parents_of_a_depth() -> None:
@@ -40,7 +44,9 @@ def test_allocation_is_global_across_parents_of_a_depth() -> None:
     )
     result = asyncio.run(
         rebase_search(
-            root_node([], ""), RebaseParams(width=16, balance_temperature=0.2), tree.expand,
+            root_node([], ""),
+            RebaseParams(width=16, balance_temperature=0.2),
+            batch_expand(tree.expand),
             tree.score,
         )
     )  # fmt: skip
@@ -54,6 +60,7 @@ class _StepScores:
     """A PRM that scores every step of a path: step i of any path gets scores[i]."""
 
     name = "scripted"
+    max_score = 1.0
 
     def __init__(self, scores: list[float]) -> None:
         self.scores = scores
@@ -68,7 +75,7 @@ def _tree(prm: _StepScores, **params) -> _SearchDriver:
     resources.reward_models["scripted"] = prm  # type: ignore[assignment]
     ctx = SimpleNamespace(
         resources=resources, settings=settings, details={},
-        http_request_id="req", prompt_id="req-p0", meter=None, engine=None,
+        http_request_id="req", prompt_id="req-p0", meter=UsageMeter(FLOPS), engine=None,
     )  # fmt: skip
     inp = SimpleNamespace(prompt_text="Q", prompt_token_ids=[1], sampling=SimpleNamespace(seed=0))
     return _SearchDriver(Rebase(), ctx, inp, RebaseParams(**params), choice_id="req-0", index=0)
@@ -118,7 +125,7 @@ def test_all_leaves_vote_when_none_finished() -> None:
 def test_answer_of_a_search_uses_finished_leaves() -> None:
     tree = _tree(_StepScores([0.5]))
     leaves = [_leaf("The answer is 18\n", "answer", 0.2), _leaf("24 24 24\n", "depth", 0.9)]
-    delta = tree.answer(SimpleNamespace(leaves=leaves, nodes_expanded=2, depth=1, level_sizes=[2]))
+    delta = tree.answer(SearchResult(leaves=leaves, nodes_expanded=2, depth=1, level_sizes=[2]))
     assert delta.text == "The answer is 18\n"
     stats = tree.ctx.details["rebase"][0]
     assert stats["answer"] == "18" and stats["voting_leaves"] == 1

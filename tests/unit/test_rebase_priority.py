@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 from server.core.config import Settings
+from server.core.flops import FlopsModel
 from server.core.requests import MethodInput, SamplingSpec
+from server.core.usage import UsageMeter
 from server.methods.base import MethodContext
 from server.methods.rebase import GeneratedStep, Rebase
 from server.methods.resources import Resources
@@ -24,6 +26,8 @@ from server.rebase.scheduler import (
     KvCost,
     PriorityScheduler,
 )
+
+FLOPS = FlopsModel(2, 64, 64, 64, 128, 512, True)
 
 
 async def _job(log: list, name: str, gate: asyncio.Event) -> str:
@@ -203,7 +207,7 @@ def _trees(scheduler) -> list:
     async def one(request: int) -> list:
         ctx = MethodContext(
             engine=engine,  # type: ignore[arg-type]  # only its KV layout is read
-            meter=None,  # type: ignore[arg-type]  # the arithmetic PRM charges nothing
+            meter=UsageMeter(FLOPS),  # the arithmetic PRM charges nothing
             settings=Settings(),
             prompt_id=f"cmpl-{request}-p0",
             http_request_id=f"cmpl-{request}",

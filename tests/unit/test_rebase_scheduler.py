@@ -8,12 +8,16 @@ from dataclasses import replace
 import pytest
 
 from server.core.config import Settings
+from server.core.flops import FlopsModel
 from server.core.requests import MethodInput, SamplingSpec
+from server.core.usage import UsageMeter
 from server.methods.base import MethodContext
 from server.methods.rebase import GeneratedStep, Rebase
 from server.methods.resources import Resources
 from server.rebase.params import RebaseParams
 from server.rebase.scheduler import FairExpansionScheduler
+
+FLOPS = FlopsModel(2, 64, 64, 64, 128, 512, True)
 
 
 async def _job(log: list, name: str, gate: asyncio.Event | None = None) -> str:
@@ -184,7 +188,7 @@ def test_all_trees_of_one_http_request_share_one_fairness_key() -> None:
         prompt_text="Q: 3 + 4?",
         n=3,
         sampling=SamplingSpec(max_tokens=32),
-        params={"rebase": RebaseParams(width=4)},
+        params={"rebase": RebaseParams(width=4, early_stop="off")},
     )
 
     async def main() -> int:
@@ -192,7 +196,7 @@ def test_all_trees_of_one_http_request_share_one_fairness_key() -> None:
         for prompt_index in range(2):
             ctx = MethodContext(
                 engine=None,  # type: ignore[arg-type]  # unused: no root prefix to encode
-                meter=None,  # type: ignore[arg-type]  # the arithmetic PRM charges nothing
+                meter=UsageMeter(FLOPS),  # the arithmetic PRM charges nothing
                 settings=Settings(),
                 prompt_id=f"cmpl-abc-p{prompt_index}",
                 http_request_id="cmpl-abc",

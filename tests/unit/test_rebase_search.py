@@ -9,7 +9,7 @@ import pytest
 
 from server.rebase.allocation import allocate_children
 from server.rebase.params import RebaseParams
-from server.rebase.search import rebase_search
+from server.rebase.search import batch_expand, rebase_search
 from server.rebase.steps import StepFormat, has_final_answer
 from server.rebase.tree import Node, root_node
 
@@ -49,7 +49,9 @@ class FakeTree:
 
 def run(tree: FakeTree, **params) -> object:
     return asyncio.run(
-        rebase_search(root_node([], ""), RebaseParams(**params), tree.expand, tree.score)
+        rebase_search(
+            root_node([], ""), RebaseParams(**params), batch_expand(tree.expand), tree.score
+        )
     )
 
 
