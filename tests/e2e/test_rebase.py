@@ -58,7 +58,10 @@ def test_concurrent_rebase_requests_complete(http) -> None:
 def test_seeded_trees_of_one_request_differ_and_reproduce(http) -> None:
     """n = 2 with a seed: two different trees (choice i is not choice 0 again), the same two
     on a second try, and choice 0 is the n = 1 request's tree."""
-    body = rebase_body(seed=7, n=2, temperature=1.0, ignore_eos=True)
+    # early_stop "off": where an early stop lands depends on the order steps finish in
+    # (docs/architecture.md, "Early stopping"); a seed then fixes the answer, not the text.
+    off = {**SMALL_TREE, "early_stop": "off"}
+    body = rebase_body(seed=7, n=2, temperature=1.0, ignore_eos=True, rebase=off)
     first, again = (http.post("/v1/completions", json=body).json() for _ in range(2))
     texts = [c["text"] for c in sorted(first["choices"], key=lambda c: c["index"])]
     assert texts == [c["text"] for c in sorted(again["choices"], key=lambda c: c["index"])]
@@ -68,17 +71,18 @@ def test_seeded_trees_of_one_request_differ_and_reproduce(http) -> None:
 
 
 def test_seeded_rebase_is_reproducible(http) -> None:
-    first = http.post("/v1/completions", json=rebase_body(seed=7)).json()
-    again = http.post("/v1/completions", json=rebase_body(seed=7)).json()
+    body = rebase_body(seed=7, rebase={**SMALL_TREE, "early_stop": "off"})
+    first, again = (http.post("/v1/completions", json=body).json() for _ in range(2))
     assert first["choices"][0]["text"] == again["choices"][0]["text"]
-    assert first["method_details"] == {
-        "rebase": [
-            {
-                **again["method_details"]["rebase"][0],
-                "request": first["method_details"]["rebase"][0]["request"],
-            }
-        ]
-    }
+    # Executed FLOPs depend on what the prefix cache holds; the tree does not.
+    varies = ("request", "spent")
+    assert [
+        {k: v for k, v in tree.items() if k not in varies}
+        for tree in first["method_details"]["rebase"]
+    ] == [
+        {k: v for k, v in tree.items() if k not in varies}
+        for tree in again["method_details"]["rebase"]
+    ]
 
 
 def test_rebase_streams_answer_then_usage(http) -> None:

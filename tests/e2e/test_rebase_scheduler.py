@@ -113,3 +113,51 @@ def test_request_over_the_work_bound_is_a_400(http) -> None:
     assert error["param"] == "rebase.width"
     assert "2048 engine sequences" in error["message"]
     assert "max_request_sequences=1024" in error["message"]
+
+
+# Greedy: all 16 first steps are the same 6 tokens, cut by the path's token cap, so every leaf
+# votes (vote_leaves "all") for the same number. At a cap of 2 the exact rule is met while
+# later expansions are still queued or running: they must be withdrawn or aborted at once.
+UNANIMOUS = rebase_body(
+    prompt="0 1 2 3 4 5 6 7 8",  # the tiny model repeats the last number: " 8 8 8 8 8 8"
+    max_tokens=6,
+    temperature=0.0,
+    rebase={"width": 16, "max_step_tokens": 6, "max_depth": 4, "vote_leaves": "all"},
+)
+
+
+def _tree(http: httpx.Client, early_stop: str, **rebase) -> tuple[dict, dict]:
+    body = {**UNANIMOUS, "rebase": {**UNANIMOUS["rebase"], "early_stop": early_stop, **rebase}}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    return result, result["method_details"]["rebase"][0]
+
+
+def test_exact_early_stop_same_answer_less_work_and_aborts_what_runs(http) -> None:
+    full, full_tree = _tree(http, "off", shadow_stop=True)
+    early, early_tree = _tree(http, "exact")
+    assert full_tree["answer"] is not None, full_tree  # the workload must vote at all
+    assert full_tree["ended"] == "complete" and full_tree["remaining_leaves"] == 0
+    assert full_tree["shadow"]["exact"]["answer"] == full_tree["answer"]
+    assert early_tree["ended"] == "decided" and early_tree["remaining_leaves"] > 0
+    assert early_tree["answer"] == full_tree["answer"]
+    assert early["choices"][0]["text"] == full["choices"][0]["text"]  # identical leaves
+    policy_calls = [r["usage"]["components"]["policy"]["engine_calls"] for r in (early, full)]
+    assert policy_calls[0] < policy_calls[1] == 16
+    assert early_tree["spent"]["flops"] < full_tree["spent"]["flops"]
+    assert early_tree["saved_estimate"]["flops"] > 0
+    samples = _wait_for(http, lambda s: engine_requests(s) == 0 and s[JOBS_IN_FLIGHT] == 0)
+    assert engine_requests(samples) == 0 and samples[JOBS_IN_FLIGHT] == 0
+    ends = 'thinkscale_search_ends_total{method="rebase",reason="decided"}'
+    assert samples[ends] >= 1
+
+
+@pytest.mark.parametrize(
+    ("early_stop", "param"),
+    [("sometimes", "rebase.early_stop"), ({"confidence": 1.5}, "rebase.early_stop")],
+)
+def test_invalid_early_stop_is_400(http, early_stop, param) -> None:
+    response = http.post("/v1/completions", json=rebase_body(rebase={"early_stop": early_stop}))
+    assert response.status_code == 400
+    assert response.json()["error"]["param"].startswith(param), response.text
