@@ -68,6 +68,25 @@ SOURCES: dict[str, Source] = {
         "throughput --configs priority16-share0,priority16,direct16,fair16 --width 8 "
         "--questions 12 --max-num-seqs 32 --arrival-rate 0.1 ",
     ),
+    # Early stopping on the scheduler benchmark's trees: the full search (shadow mode) vs exact.
+    "rebase_early_stop": _bench(
+        "rebase_early_stop",
+        "rebase_bench",
+        "throughput --configs fair16-off,fair16-exact --width 16 --questions 16 --max-num-seqs 64 ",
+    ),
+    "rebase_early_stop_open": _bench(
+        "rebase_early_stop_open",
+        "rebase_bench",
+        "throughput --configs fair16-off,fair16-exact --width 16 --questions 16 "
+        "--max-num-seqs 64 --arrival-rate 0.1 ",
+    ),
+    # Where the answers converge: easy sums, exact and adaptive at 0.9 / 0.95.
+    "rebase_early_stop_easy": _bench(
+        "rebase_early_stop_easy",
+        "rebase_bench",
+        "throughput --dataset easy_arithmetic --configs fair16-off,fair16-exact,fair16-c90,"
+        "fair16-c95 --width 16 --questions 16 --max-num-seqs 64 ",
+    ),
     "quiet_star_forward": _bench("quiet_star_forward", "quiet_star_bench", "forward "),
     "quiet_star_speed": _bench("quiet_star_speed", "quiet_star_bench", "speed "),
     "quiet_star_methods": _bench("quiet_star_methods", "quiet_star_bench", "methods "),

@@ -97,7 +97,8 @@ class HFRebase:
                 node.score = scores[0][-1] if scores[0] else 0.0
 
         start = time.perf_counter()
-        result = asyncio.run(rebase_search(root_node([], ""), self.params, batch_expand(expand), score))
+        search = rebase_search(root_node([], ""), self.params, batch_expand(expand), score)
+        result = asyncio.run(search)
         votes = aggregate(
             [(extract_answer(leaf.path_text()), leaf.score) for leaf in result.leaves],
             "weighted_vote",

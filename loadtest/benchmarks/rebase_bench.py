@@ -44,6 +44,7 @@ from loadtest.harness import accounting, cli
 from loadtest.harness.client import CallResult
 from loadtest.harness.data import Problem
 from loadtest.harness.driver import run_bodies
+from loadtest.harness.easy_arithmetic import easy_problems
 from loadtest.harness.metrics import metric_total, scrape_metrics
 from loadtest.harness.provenance import adopt_sides
 from loadtest.harness.rebase_tree import TreeSettings
@@ -53,7 +54,7 @@ from loadtest.harness.servers import REPO, start_gateway
 from loadtest.harness.tables import fmt, fmt_spread, markdown_table
 from server.core.answers import answers_match
 
-CONFIG_RE = re.compile(r"^(priority|fair|direct)(\d+)(?:-share(\d+))?$")
+CONFIG_RE = re.compile(r"^(priority|fair|direct)(\d+)(?:-share(\d+))?(?:-(off|exact|c\d\d))?$")
 RUNNING_GAUGE = "vllm:num_requests_running"
 ENGINE_COUNTERS = (
     "vllm:prompt_tokens_total",
@@ -73,11 +74,28 @@ def config_min_share(name: str) -> int | None:
     return _match_config(name)[2]
 
 
+def config_early_stop(name: str) -> dict[str, Any] | None:
+    """``fair16-exact`` -> the REBASE block's early-stop fields: ``-off`` runs the full search
+    in shadow mode (where each rule would have stopped, docs/architecture.md, "Early
+    stopping"), ``-exact`` the exact rule, ``-c95`` the adaptive one at confidence 0.95. None:
+    the server's default."""
+    _match_config(name)
+    suffix = CONFIG_RE.match(name).group(4)  # type: ignore[union-attr]
+    if suffix is None:
+        return None
+    if suffix == "off":
+        return {"early_stop": "off", "shadow_stop": True}
+    if suffix == "exact":
+        return {"early_stop": "exact"}
+    return {"early_stop": {"confidence": int(suffix[1:]) / 100}}
+
+
 def _match_config(name: str) -> tuple[str, int, int | None]:
     m = CONFIG_RE.match(name)
     if m is None or (m.group(3) is not None and m.group(1) != "priority"):
         raise ValueError(
-            f"config must look like priority16, priority16-share0, fair8 or direct16, got {name!r}"
+            "config must look like priority16, priority16-share0, fair8, direct16 or "
+            f"fair16-exact (early stop: -off, -exact, -c90), got {name!r}"
         )
     return m.group(1), int(m.group(2)), None if m.group(3) is None else int(m.group(3))
 
@@ -97,6 +115,29 @@ def tree_prompt_tokens(usage: dict[str, Any], tree: dict[str, Any]) -> int:
         - tree["tree_tokens"]
         + usage["engine_calls"]
     )
+
+
+def early_stops(results: list[CallResult], problems: list[Problem]) -> list[dict[str, Any]]:
+    """Per question: the tree's answer, why its search ended, what it spent and (shadow mode)
+    where each rule would have stopped."""
+    out = []
+    for r, p in zip(results, problems, strict=True):
+        if r.error is not None:
+            out.append({"question": p.index, "error": r.error})
+            continue
+        t = r.details["rebase"][0]
+        out.append(
+            {
+                "question": p.index,
+                "answer": t["answer"],
+                "ended": t.get("ended"),
+                "spent": t.get("spent"),
+                "votes": t.get("votes"),
+                "remaining_leaves": t.get("remaining_leaves"),
+                "shadow": t.get("shadow"),
+            }
+        )
+    return out
 
 
 def trees(results: list[CallResult]) -> dict[str, float]:
@@ -164,7 +205,11 @@ def session(args, tree: TreeSettings, rnd: int, name: str, best_of_n: bool) -> d
     """One fresh gateway: the trees at the configuration's load, then maybe best-of-n."""
     scheduler, concurrency = parse_config(name)
     engine = replace(cli.engine_settings(args), max_num_seqs=args.max_num_seqs)
-    qs = cli.questions(args, args.questions)
+    if args.dataset == "easy_arithmetic":
+        qs = easy_problems(args.questions, seed=args.seed)
+    else:
+        qs = cli.questions(args, args.questions)
+    early_stop = config_early_stop(name)
     log = cli.logs_dir(args) / f"r{rnd}-{name}.log"
     extra = ["--rebase-scheduler", scheduler]
     if (min_share := config_min_share(name)) is not None:
@@ -180,7 +225,10 @@ def session(args, tree: TreeSettings, rnd: int, name: str, best_of_n: bool) -> d
         run_bodies(gw.url, [warm], concurrency=1)
         before = accounting.idle_samples(gw.url)  # the warm-up's counters published
         with OccupancySampler(gw.url, args.sample_s) as occupancy:
-            done = run_bodies(gw.url, [tree.body(engine.name(), p, q) for p, q in qs], **load)
+            bodies = [tree.body(engine.name(), p, q) for p, q in qs]
+            if early_stop is not None:
+                bodies = [{**b, "rebase": {**b["rebase"], **early_stop}} for b in bodies]
+            done = run_bodies(gw.url, bodies, **load)
         after = accounting.idle_samples(gw.url)
         counters = {k: metric_total(after, k) - metric_total(before, k) for k in ENGINE_COUNTERS}
         latencies = [r.latency for r in done.results]
@@ -202,6 +250,9 @@ def session(args, tree: TreeSettings, rnd: int, name: str, best_of_n: bool) -> d
             "engine_cache_hit_fraction": counters["vllm:prompt_tokens_cached_total"]
             / max(counters["vllm:prompt_tokens_total"], 1),
             "latencies_s": [round(r.latency, 3) for r in done.results],
+            "dataset": args.dataset,
+            "early_stop": early_stop,
+            "early_stops": early_stops(done.results, [p for p, _ in qs]),
         }
         if best_of_n:
             leaves = [r.details["rebase"][0]["leaves"] for r in done.results]
@@ -280,9 +331,129 @@ def _ratio(a: float | None, b: float | None) -> str:
     return fmt(a / b, 2) + "x" if a is not None and b else "–"
 
 
+EARLY_STOP_TABLES = ("rebase_early_stop", "rebase_early_stop_open", "rebase_early_stop_easy")
+
+
+def _early_stop_label(fields: dict[str, Any] | None) -> str:
+    if fields is None:
+        return "server default"
+    rule = fields["early_stop"]
+    label = f"confidence {rule['confidence']:g}" if isinstance(rule, dict) else rule
+    return label + (" (shadow)" if fields.get("shadow_stop") else "")
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a == b or (a is not None and b is not None and answers_match(a, b))
+
+
+def shadow_summary(sessions: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """From the shadow-mode sessions: per rule, how often its answer at the stop point equals
+    the full search's (over all trees), the share of trees it fired on, and the FLOPs it would
+    have saved (1 - sum of FLOPs at its stop point / sum of the full trees' FLOPs; trees it
+    never fired on count as no saving). Shadow FLOPs count the calls finished by the stop point."""
+    trees = [t for s in sessions for t in s.get("early_stops", []) if t.get("shadow")]
+    out: dict[str, dict[str, float]] = {}
+    for rule in sorted({r for t in trees for r in t["shadow"]}):
+        fired = [t for t in trees if t["shadow"].get(rule)]
+        agree = sum(_same(t["shadow"][rule]["answer"], t["answer"]) for t in fired)
+        full = sum(t["spent"]["flops"] for t in trees)
+        at_stop = sum(
+            t["shadow"][rule]["flops"] if t["shadow"].get(rule) else t["spent"]["flops"]
+            for t in trees
+        )
+        out[rule] = {
+            "trees": len(trees),
+            "fired": len(fired) / len(trees),
+            "agreement": (agree + len(trees) - len(fired)) / len(trees),
+            "flops_saved": 1 - at_stop / full if full else 0.0,
+        }
+    return out
+
+
+def early_stop_tables(payload: dict[str, Any]) -> str:
+    """Early stopping side by side: work, speed and answers per setting, then the ratios to
+    the full search and what shadow mode saw."""
+    sessions = payload["sessions"]
+    flat = []
+    for s in sessions:
+        ok = [t for t in s["early_stops"] if "error" not in t]
+        ends = [t["ended"] for t in ok]
+        flat.append(
+            {
+                "side": s["side"],
+                "ppm": s["problems_per_minute"],
+                "p50": s["latency_p50_s"],
+                "p95": s["latency_p95_s"],
+                "tflops": s["trees"]["flops_executed"] / max(s["trees"]["ok"], 1) / 1e12,
+                "acc": s.get("accuracy"),
+                "early": sum(e in ("decided", "confident") for e in ends) / max(len(ends), 1),
+            }
+        )
+    columns = [  # (key, header, digits)
+        ("tflops", "TFLOPs / problem", 4), ("ppm", "problems/min", 2),
+        ("p50", "p50 latency (s)", 1), ("p95", "p95 latency (s)", 1),
+        ("early", "trees stopped early", 2), ("acc", "accuracy", 3),
+    ]  # fmt: skip
+    spreads = {key: by_side(flat, key) for key, _, _ in columns}
+    labels = {s["side"]: _early_stop_label(s.get("early_stop")) for s in sessions}
+    rows = [
+        [side, labels[side]] + [fmt_spread(spreads[k][side], d) for k, _, d in columns]
+        for side in spreads["ppm"]
+    ]
+    header = ["config", "early stop"] + [title for _, title, _ in columns]
+    lines = []
+    off = next((side for side, label in labels.items() if label.startswith("off")), None)
+    for side in spreads["ppm"]:
+        if off is None or side == off:
+            continue
+        med = lambda k, x: spreads[k][x]["median"]  # noqa: E731
+        agree = _answer_agreement(sessions, side, off)
+        lines.append(
+            f"- {side} / {off}: FLOPs per problem {_ratio(med('tflops', side), med('tflops', off))}"
+            f", problems/min {_ratio(med('ppm', side), med('ppm', off))}, p50 "
+            f"{_ratio(med('p50', side), med('p50', off))}, p95 "
+            f"{_ratio(med('p95', side), med('p95', off))}; same answer as the full search of "
+            f"the same round on {agree}"
+        )
+    for rule, v in shadow_summary(sessions).items():
+        lines.append(
+            f"- shadow `{rule}` (inside the full searches, {v['trees']} trees): fired on "
+            f"{v['fired']:.0%}, answer identical on {v['agreement']:.1%}, FLOPs saved "
+            f"{v['flops_saved']:.1%}"
+        )
+    dataset = {s.get("dataset", "gsm8k") for s in sessions}
+    load = {s.get("load", "closed") for s in sessions}
+    lines.append(f"- workload: {', '.join(sorted(dataset))}, {', '.join(sorted(load))} loop")
+    if load == {"open"}:
+        lines.append(f"- Poisson arrivals, {payload['settings'].get('arrival_rate')} requests/s")
+    if (checked := accounting.sessions_line(sessions)) is not None:
+        lines.append(checked)
+    return markdown_table(header, rows) + "\n\n" + "\n".join(lines)
+
+
+def _answer_agreement(sessions: list[dict[str, Any]], side: str, off: str) -> str:
+    """Per question, `side`'s answer against the full search's in the same round. Separate
+    runs: batch composition changes CPU numerics, so a difference here is not the rule's."""
+    same = total = 0
+    for s in sessions:
+        if s["side"] != side:
+            continue
+        ref = next((r for r in sessions if r["side"] == off and r["round"] == s["round"]), None)
+        if ref is None:
+            continue
+        answers = {t["question"]: t.get("answer") for t in ref["early_stops"]}
+        for t in s["early_stops"]:
+            total += 1
+            same += _same(t.get("answer"), answers.get(t["question"]))
+    return f"{same}/{total} trees" if total else "–"
+
+
 def tables(payload: dict[str, Any]) -> dict[str, str]:
     """Named Markdown tables for docs/benchmarks.md."""
     sessions = payload["sessions"]
+    if payload["benchmark"] == "rebase_throughput" and any(s.get("early_stop") for s in sessions):
+        table = early_stop_tables(payload)
+        return dict.fromkeys(EARLY_STOP_TABLES, table)
     if payload["benchmark"] == "rebase_hf":
         rows = []
         for side, s in by_side(sessions, "seconds_per_question").items():
@@ -390,6 +561,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-in-flight", type=int, default=None, help="gateway --rebase-max-in-flight")
     p.add_argument("--sample-s", type=float, default=1.0, help="occupancy sampling period")
     p.add_argument("--best-of-n", action="store_true")
+    p.add_argument(
+        "--dataset",
+        choices=["gsm8k", "easy_arithmetic"],
+        default="gsm8k",
+        help="easy_arithmetic: single-digit sums a small model agrees on (loadtest/harness)",
+    )
     args = p.parse_args(argv)
     run = throughput if args.phase == "throughput" else hf
     payload = cli.run_benchmark(f"rebase_{args.phase}", args, lambda save: run(args, save))
