@@ -142,10 +142,13 @@ def early_stops(results: list[CallResult], problems: list[Problem]) -> list[dict
 
 def trees(results: list[CallResult]) -> dict[str, float]:
     ok = [(r.usage, r.details["rebase"][0]) for r in results if r.error is None]
-    if sum(u["engine_calls"] for u, _ in ok) != sum(t["nodes_expanded"] for _, t in ok):
+    if any(u.get("components", {}).get("reward", {}).get("engine_calls") for u, _ in ok):
         raise RuntimeError("the reward model made engine calls: tree_prompt_tokens is invalid")
-    prompt = sum(tree_prompt_tokens(u, t) for u, t in ok)
-    cached = sum(u["cached_tokens"] for u, _ in ok)
+    # Trees an early stop cut had calls aborted mid-step, whose tokens are not in tree_tokens:
+    # the cache-hit fraction is taken over the trees that ran to their end.
+    whole = [(u, t) for u, t in ok if t.get("ended", "complete") in ("complete", "depth")]
+    prompt = sum(tree_prompt_tokens(u, t) for u, t in whole)
+    cached = sum(u["cached_tokens"] for u, _ in whole)
     return {
         "ok": len(ok),
         "cache_hit_fraction": cached / prompt if prompt else None,
