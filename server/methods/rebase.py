@@ -38,7 +38,7 @@ from server.rebase.aggregation import aggregate, voting_leaves
 from server.rebase.early_stop import EarlyStopMonitor
 from server.rebase.kv import expansion_cost
 from server.rebase.params import RebaseParams, early_stop_label
-from server.rebase.scheduler import PriorityScheduler
+from server.rebase.scheduler import KvCost, PriorityScheduler
 from server.rebase.search import SearchResult, rebase_search
 from server.rebase.steps import StepFormat
 from server.rebase.tree import Node, root_node
@@ -286,27 +286,13 @@ class _SearchDriver:
             kv = expansion_cost(node, len(prompt), max_tokens, self.kv_layout[1])
         call = object()
         progress = self._step_progress(call, len(prompt))
-        step = await self.scheduler.run(
-            self.ctx.http_request_id,
-            lambda: self.method.generate_step(
-                self.ctx,
-                self.inp,
-                prompt,
-                max_tokens=max_tokens,
-                stops=self.format.stop_strings(depth),
-                seed=seed if self.inp.sampling.seed is not None else None,
-                choice_id=self.choice_id,
-                priority=self._engine_priority() if self.prioritised else 0,
-                **({"progress": progress} if progress is not None else {}),
-            ),
-            self.method.name,
-            rank=self._rank(depth),
-            kv=kv,
-        )
-        if self.budget is not None:
-            self.budget.done(call)  # charged now
-            if self.budget.check() is not None:
-                self._halt()
+        try:
+            step = await self._run_step(prompt, depth, max_tokens, seed, progress, kv)
+        finally:
+            if self.budget is not None:
+                self.budget.done(call)  # charged now (a cut step too)
+        if self.budget is not None and self.budget.check() is not None:
+            self._halt()
         self.tree_tokens += len(step.token_ids)
         path_tokens = node.path_tokens + len(step.token_ids)
         child = Node(
@@ -326,6 +312,34 @@ class _SearchDriver:
         )
         node.children.append(child)
         return child
+
+    async def _run_step(
+        self,
+        prompt: list[int],
+        depth: int,
+        max_tokens: int,
+        seed: int,
+        progress: Progress | None,
+        kv: KvCost | None,
+    ) -> GeneratedStep:
+        """One step through the scheduler."""
+        return await self.scheduler.run(
+            self.ctx.http_request_id,
+            lambda: self.method.generate_step(
+                self.ctx,
+                self.inp,
+                prompt,
+                max_tokens=max_tokens,
+                stops=self.format.stop_strings(depth),
+                seed=seed if self.inp.sampling.seed is not None else None,
+                choice_id=self.choice_id,
+                priority=self._engine_priority() if self.prioritised else 0,
+                **({"progress": progress} if progress is not None else {}),
+            ),
+            self.method.name,
+            rank=self._rank(depth),
+            kv=kv,
+        )
 
     # -- score: reward of each new node = PRM score of its last step -----------------------
     async def score(self, nodes: Sequence[Node]) -> None:
