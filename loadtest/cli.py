@@ -131,6 +131,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         type=float,
         help="REBASE configs drop open nodes scoring <= this (the seed's rule: 0.1)",
     )
+    g.add_argument(
+        "--early-stop",
+        type=_early_stop,
+        help="REBASE configs: off, exact (the server's default) or c0.95 (adaptive at 0.95)",
+    )
     g = p.add_argument_group("load shape")
     g.add_argument(
         "--concurrency",
@@ -288,6 +293,7 @@ def resolve_configs(args: argparse.Namespace, proto: Protocol | None) -> list[Me
         rebase_options = {
             "aggregation": getattr(args, "rebase_aggregation", None),
             "prune_score": getattr(args, "rebase_prune_score", None),
+            "early_stop": getattr(args, "early_stop", None),
         }
         rebase_options = {k: v for k, v in rebase_options.items() if v is not None}
         if rebase_options and "rebase" in method:
@@ -480,3 +486,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except DataError as exc:
         raise SystemExit(f"error: {exc}") from None
+
+
+def _early_stop(value: str) -> str | dict[str, float]:
+    """``off`` | ``exact`` | ``c0.95``: the REBASE block's ``early_stop``."""
+    if value in ("off", "exact"):
+        return value
+    if value.startswith("c"):
+        try:
+            confidence = float(value[1:])
+        except ValueError:
+            confidence = -1.0
+        if 0.5 < confidence < 1.0:
+            return {"confidence": confidence}
+    raise argparse.ArgumentTypeError(f"expected off, exact or c<confidence>, got {value!r}")

@@ -55,6 +55,9 @@ class Record:
     # tokens as the paper's seed code charged them (loadtest/conventions.py); None: not known
     # (records written before it was counted)
     seed_tokens: int | None = None
+    # REBASE's early-stop setting ("off", "exact", "confidence=0.95"); None for other methods
+    # and for records written before early stopping (which ran every search to the end).
+    early_stop: str | None = None
     error: str | None = None
     model: str | None = None
     protocol: str | None = None

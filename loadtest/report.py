@@ -45,7 +45,8 @@ def _ci(s: ConfigSummary) -> str:
 
 
 TABLE_HEADER = (
-    "| config | problems | accuracy | 95 % CI (%) | errors | runtime (s) | throughput (q/min) "
+    "| config | early stop | problems | accuracy | 95 % CI (%) | errors | runtime (s) "
+    "| throughput (q/min) "
     "| latency mean (s) | p50 (s) | p95 (s) | TTFT p50 (s) | TFLOPs/q executed "
     "| TFLOPs/q nominal | TFLOPs/q paper's convention | total TFLOPs executed | efficiency |"
 )
@@ -57,6 +58,7 @@ def markdown_table(summaries: Sequence[ConfigSummary]) -> str:
     for s in summaries:
         cells = [
             s.config,
+            s.early_stop or "–",
             str(s.problems),
             _pct(s.accuracy),
             _ci(s),

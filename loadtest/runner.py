@@ -99,6 +99,14 @@ def _answer_body(
     return body
 
 
+def early_stop_setting(body: dict) -> str | None:
+    """The REBASE early-stop setting a request runs with (the server's default: "exact")."""
+    if "rebase" not in str(body.get("method", "")):
+        return None
+    rule = (body.get("rebase") or {}).get("early_stop", "exact")
+    return f"confidence={rule['confidence']:g}" if isinstance(rule, dict) else str(rule)
+
+
 async def solve(
     client: GatewayClient,
     problem: Problem,
@@ -118,6 +126,7 @@ async def solve(
     )
     start = time.perf_counter()
     body = _request_body(config, settings, problem, prompt)
+    record.early_stop = early_stop_setting(body)
     first = await client.complete(body)
     step_tokens = (config.body.get("rebase") or {}).get("max_step_tokens", DEFAULT_MAX_STEP_TOKENS)
     record.seed_tokens = seed_tokens(first.usage, first.details, step_tokens)

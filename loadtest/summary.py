@@ -55,6 +55,8 @@ class ConfigSummary:
     efficiency: float | None
     efficiency_executed: float | None
     efficiency_paper: float | None
+    # REBASE's early-stop setting; "off" for REBASE records from before early stopping.
+    early_stop: str | None = None
 
 
 def _efficiency(acc: float | None, tflops: float, seconds: float | None) -> float | None:
@@ -87,6 +89,7 @@ def summarize(
             ConfigSummary(
                 config=name,
                 method=rs[0].method,
+                early_stop=rs[0].early_stop or ("off" if "rebase" in rs[0].method else None),
                 problems=n,
                 correct=correct,
                 errors=n - len(ok),

@@ -421,8 +421,9 @@ def early_stop_tables(payload: dict[str, Any]) -> str:
     for rule, v in shadow_summary(sessions).items():
         lines.append(
             f"- shadow `{rule}` (inside the full searches, {v['trees']} trees): fired on "
-            f"{v['fired']:.0%}, answer identical on {v['agreement']:.1%}, FLOPs saved "
-            f"{v['flops_saved']:.1%}"
+            f"{v['fired']:.0%}, answer identical on {v['agreement']:.1%}, FLOPs not yet "
+            f"spent by its stop point {v['flops_saved']:.1%} (an upper bound of its saving: "
+            "the steps in flight then, which a real stop aborts, had mostly run)"
         )
     dataset = {s.get("dataset", "gsm8k") for s in sessions}
     load = {s.get("load", "closed") for s in sessions}

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from server.core.budget import Budget
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -49,6 +51,8 @@ class CompletionRequest(BaseModel):
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     method: str = "baseline"
+    # Per-choice compute budget (server/core/budget.py); a cut choice ends with "length".
+    budget: Budget | None = None
 
     @field_validator("prompt")
     @classmethod

@@ -381,7 +381,29 @@ class CompletionService:
             ignore_eos=request.ignore_eos,
             min_tokens=request.min_tokens,
         )
-        return MethodInput(ids, text, request.n, sampling, params)
+        self._check_budget(request, method, ids)
+        return MethodInput(ids, text, request.n, sampling, params, budget=request.budget)
+
+    def _check_budget(self, request: CompletionRequest, method: Method, ids: list[int]) -> None:
+        """A budget the method cannot enforce, or one smaller than one engine step (prefill of
+        the prompt and one token), is a 400 naming the field."""
+        if request.budget is None:
+            return
+        for kind in request.budget.limits():
+            if kind not in method.budget_kinds:
+                raise APIError(
+                    f"budget.{kind} is not supported by method '{method.name}' (it supports "
+                    f"{', '.join(sorted(method.budget_kinds)) or 'none'})",
+                    param=f"budget.{kind}",
+                )
+        step = self.engine.flops.request_flops(len(ids), 0, 1).executed
+        if request.budget.flops is not None and request.budget.flops < step:
+            raise APIError(
+                f"budget.flops ({request.budget.flops:g}) is less than one engine step for this "
+                f"prompt: prefilling its {len(ids)} tokens and sampling one token costs "
+                f"{step:.3g} FLOPs",
+                param="budget.flops",
+            )
 
     @staticmethod
     async def _off_loop_if_large(size: int, fn, arg):
@@ -437,6 +459,7 @@ class CompletionService:
                 prompt_id=f"{prepared.request_id}-p{prompt_index}",
                 details=prepared.details,
                 resources=self.resources,
+                admitted_at=prepared.started,
             )
             async with aclosing(prepared.method.run(ctx, inp)) as deltas:
                 async for delta in deltas:

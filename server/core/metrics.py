@@ -155,6 +155,14 @@ FORWARD_TOKENS_PER_OUTPUT = Histogram(
 )
 
 
+# --- budgets ------------------------------------------------------------------------------
+BUDGET_CUTS = Counter(
+    "thinkscale_budget_cuts",
+    "Choices whose per-request budget ended them, by method and budget (flops, seconds, tokens).",
+    ["method", "budget"],
+)
+
+
 def record_request_outcome(method: str, status: str) -> None:
     REQUESTS.labels(method=method, status=status).inc()
 
@@ -167,6 +175,8 @@ def init_method_series(methods: list[str]) -> None:
         for status in ("ok", "client_error", "server_error", "cancelled", "timeout", "rejected"):
             REQUESTS.labels(method=method, status=status)
         IN_FLIGHT.labels(method=method)
+        for budget in ("flops", "seconds", "tokens"):
+            BUDGET_CUTS.labels(method=method, budget=budget)
         if "rebase" in method:
             for reason in ("complete", "decided", "confident", "budget", "depth"):
                 SEARCH_ENDS.labels(method=method, reason=reason)

@@ -16,6 +16,8 @@ from pydantic import BaseModel
 from vllm import SamplingParams
 from vllm.logprobs import Logprob
 
+from server.core.budget import Budget
+
 
 @dataclass(frozen=True)
 class SamplingSpec:
@@ -92,6 +94,7 @@ class MethodInput:
     n: int
     sampling: SamplingSpec
     params: dict[str, BaseModel]  # validated parameter blocks, keyed by block name
+    budget: Budget | None = None  # per choice (server/core/budget.py)
 
 
 @dataclass(frozen=True)

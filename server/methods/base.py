@@ -9,6 +9,7 @@ so a new method is one file plus one line in the registry.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from server.core import metrics
+from server.core.budget import ChoiceBudget
 from server.core.config import Settings
 from server.core.requests import ChoiceDelta, MethodInput, RequestWork
 from server.core.usage import UsageMeter
@@ -41,6 +44,12 @@ class MethodContext:
     # Process-wide services methods share across requests (schedulers, reward models).
     resources: Resources
     details: dict[str, Any] = field(default_factory=dict)
+    # When the request was admitted (time.perf_counter): budgets in seconds count from here.
+    admitted_at: float = field(default_factory=time.perf_counter)
+
+    def choice_budget(self, inp: MethodInput, meter: UsageMeter) -> ChoiceBudget | None:
+        """The request's budget for one choice, spent from `meter` (the choice's own)."""
+        return ChoiceBudget(inp.budget, meter, self.admitted_at) if inp.budget else None
 
 
 class Method(ABC):
@@ -53,6 +62,8 @@ class Method(ABC):
     # (`echo` with `logprobs`). Only a method whose choice is one engine call over the prompt
     # has them; the route answers 400 for the others instead of echoing without them.
     prompt_logprobs: ClassVar[bool] = False
+    # The budget kinds (server/core/budget.py) the method enforces; others are a 400.
+    budget_kinds: ClassVar[frozenset[str]] = frozenset({"flops", "seconds", "tokens"})
 
     def check(self, inp: MethodInput, engine: PolicyEngine) -> None:
         """Reject inputs this method cannot serve (raise `APIError`); default accepts all."""
@@ -77,3 +88,10 @@ class Method(ABC):
     def run(self, ctx: MethodContext, inp: MethodInput) -> AsyncIterator[ChoiceDelta]:
         """Stream deltas of choices 0..n-1; each choice ends with a delta that has a
         `finish_reason`."""
+
+
+def record_budget(ctx: MethodContext, method: str, budget: ChoiceBudget, choice: str) -> None:
+    """A budgeted choice's entry in `method_details["budget"]`, and its cut in the metrics."""
+    ctx.details.setdefault("budget", []).append(budget.report(choice))
+    if budget.cut is not None:
+        metrics.BUDGET_CUTS.labels(method, budget.cut).inc()

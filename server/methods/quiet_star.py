@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from server.core.requests import ChoiceDelta, MethodInput, RequestWork
 from server.engines.base import PolicyEngine
-from server.methods.base import Method, MethodContext
+from server.methods.base import Method, MethodContext, record_budget
 from server.methods.detokenize import IncrementalText
 from server.methods.streams import merge_streams
 from server.quiet_star.decoder import QuietStarDecoder, until_stop
@@ -26,6 +26,8 @@ from server.quiet_star.validation import check_quiet_star_input
 
 class QuietStar(Method):
     name = "quiet_star"
+    # Its engine calls are charged when they end, so FLOPs cannot be cut mid-call yet.
+    budget_kinds = frozenset({"seconds", "tokens"})
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {"quiet_star": QuietStarParams}
 
     def check(self, inp: MethodInput, engine: PolicyEngine) -> None:
@@ -44,9 +46,10 @@ class QuietStar(Method):
         self, ctx: MethodContext, inp: MethodInput, index: int
     ) -> AsyncIterator[ChoiceDelta]:
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
+        meter = ctx.meter.child() if inp.budget else ctx.meter
         decoder = QuietStarDecoder(
             ctx.engine,
-            ctx.meter,
+            meter,
             params,
             inp.sampling,
             seed_base=(inp.sampling.seed or 0) + index,
@@ -60,6 +63,9 @@ class QuietStar(Method):
         step_ids: list[list[int]] = []
         finish = "length"
         produced = 0
+        budget = ctx.choice_budget(inp, meter)
+        if budget is not None:  # talk + thought tokens, as they stream
+            budget.tokens_spent = lambda: produced + meter.thought_tokens
         # Closing the decoder aborts (and charges) the engine request still in flight.
         async with aclosing(
             decoder.tokens(inp.prompt_token_ids, inp.sampling.max_tokens)
@@ -76,6 +82,10 @@ class QuietStar(Method):
                 yield ChoiceDelta(index, delta.text, token_ids=kept, logprobs=logprobs)
                 if stopped or delta.stopped_by is not None or piece.eos:
                     finish = "stop"
+                    break
+                # A spent budget stops the sequence (closing the decoder aborts its call):
+                # the budget bounds compute, so the rest is not decoded plainly either.
+                if budget is not None and budget.check() is not None:
                     break
         ctx.details.setdefault("quiet_star", []).append(
             {
@@ -103,5 +113,7 @@ class QuietStar(Method):
                 ),
             }
         )
+        if budget is not None:
+            record_budget(ctx, self.name, budget, f"{ctx.prompt_id}-{index}")
         stop_reason = text.stopped_by
         yield ChoiceDelta(index, text.flush(), finish_reason=finish, stop_reason=stop_reason)

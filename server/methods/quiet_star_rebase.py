@@ -26,6 +26,8 @@ from server.rebase.params import RebaseParams
 
 class QuietStarRebase(Rebase):
     name = "quiet_star+rebase"
+    # Its steps are charged when they end: only a deadline can cut them mid-step yet.
+    budget_kinds = frozenset({"seconds"})
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {
         "rebase": RebaseParams,
         "quiet_star": QuietStarParams,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -32,13 +32,13 @@ from server.core.request_ids import engine_request_id
 from server.core.requests import ChoiceDelta, MethodInput, RequestWork
 from server.core.seeds import call_seeds
 from server.engines.base import PolicyEngine
-from server.methods.base import Method, MethodContext
+from server.methods.base import Method, MethodContext, record_budget
 from server.methods.streams import merge_streams
 from server.rebase.aggregation import aggregate, voting_leaves
 from server.rebase.early_stop import EarlyStopMonitor
 from server.rebase.kv import expansion_cost
 from server.rebase.params import RebaseParams, early_stop_label
-from server.rebase.scheduler import PriorityScheduler
+from server.rebase.scheduler import KvCost, PriorityScheduler
 from server.rebase.search import SearchResult, rebase_search
 from server.rebase.steps import StepFormat
 from server.rebase.tree import Node, root_node
@@ -94,20 +94,27 @@ class Rebase(Method):
         seed: int | None,
         choice_id: str | None = None,
         priority: int = 0,
+        progress: Progress | None = None,
     ) -> GeneratedStep:
         """One step: plain sampling up to a stop string (kept in the text) or `max_tokens`.
         Subclasses decode steps differently (quiet_star+rebase thinks). `choice_id` is the
         tree's: all its calls share one replica's prefix cache (docs/scaling.md). `priority`
-        is vLLM's (lower runs first; it matters only with the engine's priority policy)."""
+        is vLLM's (lower runs first; it matters only with the engine's priority policy).
+        `progress(cached, generated)` after every engine step (DELTA outputs), for a budget
+        that must cut a step within one token; without it, one output at the end."""
         params = inp.sampling.to_vllm(
             max_tokens=max_tokens,
             stop=stops,
             include_stop_str_in_output=True,
             seed=seed,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            output_kind=RequestOutputKind.FINAL_ONLY
+            if progress is None
+            else RequestOutputKind.DELTA,
             logprobs=None,
         )
-        final = None
+        token_ids: list[int] = []
+        text: list[str] = []
+        out = None
         request_id = engine_request_id(ctx.prompt_id)
         call = ctx.engine.generate(
             prompt, params, ctx.meter, request_id=request_id, choice_id=choice_id,
@@ -115,9 +122,12 @@ class Rebase(Method):
         )  # fmt: skip
         async with aclosing(call) as outputs:
             async for output in outputs:
-                final = output
-        out = final.outputs[0]
-        return GeneratedStep(list(out.token_ids), out.text, out.finish_reason, out.stop_reason)
+                out = output.outputs[0]
+                token_ids += out.token_ids
+                text.append(out.text)
+                if progress is not None:
+                    progress(getattr(output, "num_cached_tokens", None) or 0, len(token_ids))
+        return GeneratedStep(token_ids, "".join(text), out.finish_reason, out.stop_reason)
 
     async def _search(
         self, ctx: MethodContext, inp: MethodInput, index: int
@@ -140,6 +150,10 @@ def tree_seeds(seed: int | None, index: int) -> Iterator[int]:
     tree for the same request seed, and (as with `n` baseline choices) a different tree per
     choice. Tree 0's stream does not depend on `n`."""
     return call_seeds(seed or 0, index * SEEDS_PER_TREE)
+
+
+# progress(cached prompt tokens, tokens generated so far) of a running step.
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -177,13 +191,22 @@ class _SearchDriver:
         self.scheduler = ctx.resources.rebase_scheduler
         self.reward: RewardModel = reward_model(ctx, params.reward_model)
         self.monitor = EarlyStopMonitor(params, max_score=self.reward.max_score, spent=self.spent)
+        # The request's budget for this tree (server/core/budget.py): a spent budget halts the
+        # search, which answers from what it has.
+        self.budget = ctx.choice_budget(inp, self.meter)
+        self._halted = asyncio.Event()
+        self._deadline: asyncio.TimerHandle | None = None
+        if self.budget is not None and (left := self.budget.seconds_left()) is not None:
+            self._deadline = asyncio.get_running_loop().call_later(
+                max(left, 0.0), self._out_of_time
+            )
         self._seeds = tree_seeds(inp.sampling.seed, index)
         self.tree_tokens = 0
         self.reward_calls = 0
         # Score each child when its step is done: the `priority` scheduler's way, and what an
         # early stop needs to check after every leaf. Ranks by request age.
         self.eager = isinstance(self.scheduler, PriorityScheduler) or (
-            params.early_stop != "off" or params.shadow_stop
+            params.early_stop != "off" or params.shadow_stop or inp.budget is not None
         )
         self.best: Node | None = None  # the best-scored node so far (answer of a cut search)
         self.started = time.monotonic()
@@ -200,15 +223,43 @@ class _SearchDriver:
         tasks = [asyncio.ensure_future(job) for job in jobs]
         slots = {task: slot for slot, task in enumerate(tasks)}
         pending = set(tasks)
+        halted = asyncio.ensure_future(self._halted.wait())  # a budget ran out
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in sorted(done, key=slots.__getitem__):
+            while pending and not self._halted.is_set():
+                done, pending = await asyncio.wait(
+                    pending | {halted}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(halted)
+                for task in sorted(done - {halted}, key=slots.__getitem__):
                     yield slots[task], task.result()  # a failed expansion fails the search
         finally:
+            halted.cancel()
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, halted, return_exceptions=True)
+
+    def _halt(self) -> None:
+        """The budget ran out: stop the search at once (server/core/budget.py)."""
+        self.monitor.halt("budget")
+        self._halted.set()
+
+    def _out_of_time(self) -> None:
+        if self.budget is not None and self.budget.cut is None:
+            self.budget.cut = "seconds"
+        self._halt()
+
+    def _step_progress(self, call: object, prompt: int) -> Progress | None:
+        """A running step's progress hook when the budget counts FLOPs or tokens."""
+        budget = self.budget
+        if budget is None or (budget.limit.flops is None and budget.limit.tokens is None):
+            return None
+
+        def progress(cached: int, generated: int) -> None:
+            budget.progress(call, prompt, cached, generated)
+            if budget.check() is not None:
+                self._halt()
+
+        return progress
 
     async def _expand_one(self, node: Node, seed: int) -> Node:
         child = await self._generate_step(node, seed)
@@ -233,22 +284,15 @@ class _SearchDriver:
         kv = None
         if self.kv_layout is not None:
             kv = expansion_cost(node, len(prompt), max_tokens, self.kv_layout[1])
-        step = await self.scheduler.run(
-            self.ctx.http_request_id,
-            lambda: self.method.generate_step(
-                self.ctx,
-                self.inp,
-                prompt,
-                max_tokens=max_tokens,
-                stops=self.format.stop_strings(depth),
-                seed=seed if self.inp.sampling.seed is not None else None,
-                choice_id=self.choice_id,
-                priority=self._engine_priority() if self.prioritised else 0,
-            ),
-            self.method.name,
-            rank=self._rank(depth),
-            kv=kv,
-        )
+        call = object()
+        progress = self._step_progress(call, len(prompt))
+        try:
+            step = await self._run_step(prompt, depth, max_tokens, seed, progress, kv)
+        finally:
+            if self.budget is not None:
+                self.budget.done(call)  # charged now (a cut step too)
+        if self.budget is not None and self.budget.check() is not None:
+            self._halt()
         self.tree_tokens += len(step.token_ids)
         path_tokens = node.path_tokens + len(step.token_ids)
         child = Node(
@@ -268,6 +312,34 @@ class _SearchDriver:
         )
         node.children.append(child)
         return child
+
+    async def _run_step(
+        self,
+        prompt: list[int],
+        depth: int,
+        max_tokens: int,
+        seed: int,
+        progress: Progress | None,
+        kv: KvCost | None,
+    ) -> GeneratedStep:
+        """One step through the scheduler."""
+        return await self.scheduler.run(
+            self.ctx.http_request_id,
+            lambda: self.method.generate_step(
+                self.ctx,
+                self.inp,
+                prompt,
+                max_tokens=max_tokens,
+                stops=self.format.stop_strings(depth),
+                seed=seed if self.inp.sampling.seed is not None else None,
+                choice_id=self.choice_id,
+                priority=self._engine_priority() if self.prioritised else 0,
+                **({"progress": progress} if progress is not None else {}),
+            ),
+            self.method.name,
+            rank=self._rank(depth),
+            kv=kv,
+        )
 
     # -- score: reward of each new node = PRM score of its last step -----------------------
     async def score(self, nodes: Sequence[Node]) -> None:
@@ -309,7 +381,11 @@ class _SearchDriver:
             [(extract_answer(leaf.path_text()), leaf.score) for leaf in leaves],
             self.params.aggregation,
         )
+        if self._deadline is not None:
+            self._deadline.cancel()
         self._record(result, votes, voters=len(leaves))
+        if self.budget is not None:
+            record_budget(self.ctx, self.method.name, self.budget, self.choice_id)
         winner = leaves[votes.winner_index] if votes.winner_index is not None else self.best
         if winner is None:
             return ChoiceDelta(index=self.index, text="", finish_reason="length")

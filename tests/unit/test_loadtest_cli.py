@@ -163,3 +163,36 @@ def test_the_replay_command_line_points_docs_to_the_entry_point() -> None:
 
     with pytest.raises(SystemExit, match="python -m loadtest docs"):
         main(["docs", "--check"])
+
+
+@pytest.mark.parametrize(
+    ("flag", "block", "column"),
+    [
+        ("off", "off", "off"),
+        ("exact", "exact", "exact"),
+        ("c0.95", {"confidence": 0.95}, "confidence=0.95"),
+    ],
+)
+def test_early_stop_flag_reaches_rebase_configs_and_the_table(flag, block, column) -> None:
+    from loadtest.report import markdown_table
+    from loadtest.runner import early_stop_setting
+    from loadtest.summary import summarize
+
+    _, configs, _ = resolved("--methods", "baseline,rebase", "--early-stop", flag)
+    by_name = {c.name: c for c in configs}
+    assert by_name["rebase"].body["rebase"]["early_stop"] == block
+    assert "early_stop" not in (by_name["baseline"].body.get("rebase") or {})
+    body = {"method": "rebase", **by_name["rebase"].body}
+    assert early_stop_setting(body) == column
+    assert early_stop_setting({"method": "baseline"}) is None
+    assert early_stop_setting({"method": "rebase", "rebase": {}}) == "exact"  # the default
+    from loadtest.records import Record
+
+    rows = markdown_table(summarize([Record("rebase", "rebase", "p1", "1", early_stop=column)]))
+    assert rows.splitlines()[2].startswith(f"| rebase | {column} |")
+
+
+@pytest.mark.parametrize("bad", ["sometimes", "c1.5", "c", "c0.3"])
+def test_bad_early_stop_flag_is_refused(bad) -> None:
+    with pytest.raises(SystemExit):
+        parse("--early-stop", bad)

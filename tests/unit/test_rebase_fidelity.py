@@ -76,8 +76,11 @@ def _tree(prm: _StepScores, **params) -> _SearchDriver:
     ctx = SimpleNamespace(
         resources=resources, settings=settings, details={},
         http_request_id="req", prompt_id="req-p0", meter=UsageMeter(FLOPS), engine=None,
+        choice_budget=lambda inp, meter: None,
     )  # fmt: skip
-    inp = SimpleNamespace(prompt_text="Q", prompt_token_ids=[1], sampling=SimpleNamespace(seed=0))
+    inp = SimpleNamespace(
+        prompt_text="Q", prompt_token_ids=[1], sampling=SimpleNamespace(seed=0), budget=None
+    )
     return _SearchDriver(Rebase(), ctx, inp, RebaseParams(**params), choice_id="req-0", index=0)
 
 

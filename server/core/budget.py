@@ -1,0 +1,98 @@
+"""Per-choice compute budgets: `"budget": {"flops": …, "seconds": …, "tokens": …}`.
+
+Why per choice: a budget bounds the work behind one answer (one sequence, one REBASE tree), so
+`n` and the prompts of a batch each get the whole budget, as each gets `max_tokens`. A choice's
+spend is its own meter (`UsageMeter.child`) plus the running cost of its engine calls still in
+flight, priced with the same formula the final charge uses, so a call can be cut within one
+engine step of crossing the budget (docs/architecture.md, "Budgets").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.core.usage import UsageMeter
+
+BudgetKind = Literal["flops", "seconds", "tokens"]
+
+
+class Budget(BaseModel):
+    """What one choice may spend. `flops`: executed FLOPs, all components, as `usage.flops`
+    counts them; `tokens`: generated tokens, Quiet-STaR thought tokens included (a compute
+    budget, not a thinking-phase cap); `seconds`: from the request's admission."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flops: float | None = Field(None, gt=0)
+    seconds: float | None = Field(None, gt=0)
+    tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _something_to_bound(self) -> Budget:
+        if self.flops is None and self.seconds is None and self.tokens is None:
+            raise ValueError("budget needs at least one of flops, seconds, tokens")
+        return self
+
+    def limits(self) -> dict[str, float]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+@dataclass
+class ChoiceBudget:
+    """One choice's budget against its meter and its calls in flight."""
+
+    limit: Budget
+    meter: UsageMeter  # the choice's own meter
+    started: float = field(default_factory=time.perf_counter)  # the request's admission
+    cut: BudgetKind | None = None  # set by `check` once the budget ran out
+    # How a method counts its tokens when the meter cannot (Quiet-STaR: talk + thought tokens
+    # as they stream; its engine calls are charged when they end, thoughts included).
+    tokens_spent: Callable[[], int] | None = None
+    # call -> (prompt tokens, cached tokens, generated so far): calls not yet charged
+    _running: dict[object, tuple[int, int, int]] = field(default_factory=dict)
+
+    def progress(self, call: object, prompt: int, cached: int, generated: int) -> None:
+        self._running[call] = (prompt, cached, generated)
+
+    def done(self, call: object) -> None:
+        """The call ended: its charge is in the meter now."""
+        self._running.pop(call, None)
+
+    def spent(self) -> dict[str, float]:
+        model = self.meter.policy_flops
+        flops = self.meter.total_flops.executed + sum(
+            model.request_flops(p, c, g).executed for p, c, g in self._running.values()
+        )
+        if self.tokens_spent is not None:
+            tokens = self.tokens_spent()
+        else:
+            tokens = self.meter.component("policy").generated_tokens + sum(
+                g for _, _, g in self._running.values()
+            )
+        return {"flops": flops, "tokens": tokens, "seconds": time.perf_counter() - self.started}
+
+    def check(self) -> BudgetKind | None:
+        """The first limit reached (and remembered in `cut`), or None."""
+        if self.cut is None:
+            spent = self.spent()
+            for kind, limit in self.limit.limits().items():
+                if spent[kind] >= limit:
+                    self.cut = kind  # type: ignore[assignment]
+                    break
+        return self.cut
+
+    def seconds_left(self) -> float | None:
+        if self.limit.seconds is None:
+            return None
+        return self.limit.seconds - (time.perf_counter() - self.started)
+
+    def report(self, choice: str) -> dict:
+        """The choice's entry of `method_details["budget"]`."""
+        spent = self.spent()
+        spent["seconds"] = round(spent["seconds"], 4)
+        return {"choice": choice, "limit": self.limit.limits(), "spent": spent, "cut": self.cut}

@@ -1,0 +1,58 @@
+"""Per-choice budgets: the request field, and a choice's spend against it."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from server.core.budget import Budget, ChoiceBudget
+from server.core.flops import FlopsModel
+from server.core.usage import UsageMeter
+
+FLOPS = FlopsModel(2, 64, 64, 64, 128, 512, True)
+
+
+def test_budget_needs_one_positive_limit_and_no_unknown_key() -> None:
+    assert Budget(tokens=5).limits() == {"tokens": 5}
+    for bad in ({}, {"tokens": 0}, {"flops": -1}, {"seconds": 0}, {"steps": 3}):
+        with pytest.raises(ValidationError):
+            Budget(**bad)
+
+
+def test_a_child_meter_charges_its_parent_too() -> None:
+    request = UsageMeter(FLOPS)
+    choice = request.child()
+    choice.record_generation(prompt_tokens=10, cached_tokens=4, generated_tokens=3)
+    choice.add_thought_tokens(2)
+    request.record_generation(prompt_tokens=5, cached_tokens=0, generated_tokens=1)
+    assert choice.component("policy").generated_tokens == 3
+    assert request.component("policy").generated_tokens == 4
+    assert request.thought_tokens == 2
+    assert request.total_flops.executed == (
+        FLOPS.request_flops(10, 4, 3).executed + FLOPS.request_flops(5, 0, 1).executed
+    )
+
+
+def test_spend_counts_running_calls_with_the_final_charges_formula() -> None:
+    meter = UsageMeter(FLOPS)
+    meter.record_generation(prompt_tokens=10, cached_tokens=0, generated_tokens=4)
+    limit = FLOPS.request_flops(10, 0, 4).executed + FLOPS.request_flops(8, 8, 3).executed
+    budget = ChoiceBudget(Budget(flops=limit), meter)
+    budget.progress("call", 8, 8, 2)
+    assert budget.spent()["tokens"] == 6 and budget.check() is None
+    budget.progress("call", 8, 8, 3)
+    assert budget.check() == "flops"
+    budget.done("call")  # the running call's charge moves to the meter
+    assert budget.spent()["tokens"] == 4 and budget.cut == "flops"
+
+
+def test_tokens_and_seconds_limits() -> None:
+    budget = ChoiceBudget(Budget(tokens=3), UsageMeter(FLOPS))
+    budget.progress("a", 1, 0, 2)
+    assert budget.check() is None
+    budget.progress("b", 1, 0, 1)
+    assert budget.check() == "tokens"
+    late = ChoiceBudget(Budget(seconds=1.0), UsageMeter(FLOPS), started=0.0)
+    assert late.check() == "seconds" and late.seconds_left() < 0
+    report = late.report("cmpl-x-p0-0")
+    assert report["cut"] == "seconds" and report["limit"] == {"seconds": 1.0}
