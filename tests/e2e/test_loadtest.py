@@ -90,7 +90,7 @@ def test_replay_closed_loop(gateway, tmp_path: Path) -> None:
     assert [r.reference for r in records[:3]] == ["18", "3", "70000"]
     report = (out / "report.md").read_text()
     assert proc.stdout == report + "\n"
-    assert "| baseline | 3 |" in report and "| votes | 3 |" in report
+    assert "| baseline | – | 3 |" in report and "| votes | – | 3 |" in report
 
     # The same report again from the saved records alone.
     again = tmp_path / "again"
