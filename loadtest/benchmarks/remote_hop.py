@@ -134,15 +134,17 @@ def summary(sessions: list[dict], methods: list[str], other: str = "remote") -> 
 
 
 def tables(payload: dict[str, Any]) -> dict[str, str]:
-    """One Markdown table per method for the docs (`remote_hop.<method>`), and one per method
-    for the per-token remote side when it ran (`remote_hop.<method>.per_token`)."""
+    """One Markdown table per method for the docs (`<prefix>.<method>`), and one per method
+    for the per-token remote side when it ran (`<prefix>.<method>.per_token`); the prefix is
+    the result file's name, so each run's tables have names of their own."""
+    prefix = payload.get("table_prefix", NAME)
     out = {}
     columns = (("inprocess", "in-process"), ("remote", "remote"))
     for method, s in payload["summary"].items():
-        out[f"{NAME}.{method}"] = two_side_table(method, METRICS, s, columns)
+        out[f"{prefix}.{method}"] = two_side_table(method, METRICS, s, columns)
     per_token = (("inprocess", "in-process"), (PER_TOKEN_SIDE, "remote, per token"))
     for method, s in (payload.get("summary_per_token") or {}).items():
-        out[f"{NAME}.{method}.per_token"] = two_side_table(method, METRICS, s, per_token)
+        out[f"{prefix}.{method}.per_token"] = two_side_table(method, METRICS, s, per_token)
     return out
 
 
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         payload = cli.rounds_payload(
             args, tuple(args.sides), lambda r, side: measure(args, r, side), summarize, save
         )
+        payload["table_prefix"] = Path(args.out).stem if args.out else NAME
         if PER_TOKEN_SIDE in args.sides:
             payload["summary_per_token"] = summary(
                 payload["sessions"], args.methods, PER_TOKEN_SIDE
