@@ -92,6 +92,17 @@ SOURCES: dict[str, Source] = {
     "quiet_star_methods": _bench("quiet_star_methods", "quiet_star_bench", "methods "),
     "quiet_star_coherence": _bench("quiet_star_coherence", "quiet_star_bench", "coherence "),
     "remote_hop": _bench("remote_hop", "remote_hop", ""),
+    # Quiet-STaR on replicas: continuation vs in process (and the old per-token remote path).
+    "remote_hop_qs_c1": _bench(
+        "remote_hop_qs_c1",
+        "remote_hop",
+        "--methods quiet_star --concurrency 1 --sides inprocess remote remote_per_token ",
+    ),
+    "remote_hop_qs_c8": _bench(
+        "remote_hop_qs_c8",
+        "remote_hop",
+        "--methods quiet_star --concurrency 8 --sides inprocess remote remote_per_token ",
+    ),
     "cpu_binding": _bench("cpu_binding", "cpu_binding", ""),
     "accounting_check": _bench("accounting_check", "accounting_check", ""),
     # On a lent GPU (no CI machine has one); the command runs every GPU-only check.

@@ -1,14 +1,19 @@
 """What the remote hop costs per method: the gateway on its in-process engine vs the same gateway
 driving one `vllm serve` replica through the router (docs/scaling.md), same engine settings.
 
-Sides, alternating A B B A: ``inprocess`` (the default gateway) and ``remote`` (one replica with
-our logits processor + vllm-router + the gateway with ``--engine-url``). One replica on purpose:
+Sides, alternating: ``inprocess`` (the default gateway) and ``remote`` (one replica with our
+logits processor and continuation scheduler + vllm-router + the gateway with ``--engine-url``),
+optionally ``remote_per_token`` (the same replica and router, the gateway with
+``--quiet-star-engine per_token``: one call per Quiet-STaR output token, as replicas ran before
+they ran the continuation scheduler). One replica on purpose:
 the hop (HTTP + SSE per engine call, the router, JSON) is isolated from any gain of a second
 replica. Each session runs every method on the same GSM8K questions, closed loop, and records
 client throughput and latency and the engine calls per request (the hop is paid per call:
-Quiet-STaR makes one call per output token, REBASE one per node).
+per-token Quiet-STaR makes one call per output token, REBASE one per node).
 
     python -m loadtest.benchmarks.remote_hop --out docs/data/remote_hop.json
+    python -m loadtest.benchmarks.remote_hop --methods quiet_star --concurrency 8 \
+        --sides inprocess remote remote_per_token --out docs/data/remote_hop_qs_c8.json
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from loadtest.stats import percentile
 
 NAME = "remote_hop"
 SIDES = ("inprocess", "remote")
+PER_TOKEN_SIDE = "remote_per_token"  # the remote side as it was before replicas ran continuation
 METHOD_BODY: dict[str, dict[str, Any]] = {
     "baseline": {"method": "baseline", "max_tokens": 64},
     "rebase": {
@@ -62,21 +68,23 @@ METRICS = (  # key, label, digits
 def serving(
     side: str, engine: EngineSettings, logs: Path, rnd: int, quiet_star_engine: str
 ) -> Iterator[ServerProcess]:
-    """The gateway of one side (and, for ``remote``, its replica and router), always stopped.
+    """The gateway of one side (and, for a remote side, its replica and router), always stopped.
 
-    The in-process side runs Quiet-STaR with ``quiet_star_engine`` (default ``per_token``, what
-    replicas run), so the Quiet-STaR rows isolate the hop; the continuation engine's own gain is
-    measured in docs/benchmarks.md (quiet_star_speed)."""
+    Both main sides run Quiet-STaR on ``quiet_star_engine`` (default ``continuation``, what
+    replicas run), so the Quiet-STaR rows isolate the hop; ``remote_per_token`` runs the
+    replicas' old per-token path."""
+    flags = ("--quiet-star-engine", "per_token" if side == PER_TOKEN_SIDE else quiet_star_engine)
     if side == "inprocess":
-        flags = ("--quiet-star-engine", quiet_star_engine)
         with start("gateway", engine, logs / f"r{rnd}-inprocess.log", *flags) as gateway:
             yield gateway
         return
     with contextlib.ExitStack() as stack:
-        replica = stack.enter_context(start_replica(engine, logs / f"r{rnd}-replica.log"))
-        router = stack.enter_context(start_router([replica.url], logs / f"r{rnd}-router.log"))
+        replica = stack.enter_context(start_replica(engine, logs / f"r{rnd}-{side}-replica.log"))
+        router = stack.enter_context(
+            start_router([replica.url], logs / f"r{rnd}-{side}-router.log")
+        )
         gateway = stack.enter_context(
-            start_gateway(engine, logs / f"r{rnd}-remote.log", "--engine-url", router.url)
+            start_gateway(engine, logs / f"r{rnd}-{side}.log", "--engine-url", router.url, *flags)
         )
         yield gateway
 
@@ -92,9 +100,7 @@ def bodies(args: argparse.Namespace, model: str, method: str, offset: int) -> li
 def measure(args: argparse.Namespace, rnd: int, side: str) -> dict[str, Any]:
     engine = cli.engine_settings(args)
     session: dict[str, Any] = {"side": side, "round": rnd, "methods": {}}
-    with serving(
-        side, engine, cli.logs_dir(args), rnd, args.inprocess_quiet_star_engine
-    ) as gateway:
+    with serving(side, engine, cli.logs_dir(args), rnd, args.quiet_star_engine) as gateway:
         session["started_in_s"] = gateway.started_in_s
         for method in args.methods:
             warm = bodies(args, engine.name(), method, args.num_prompts)[: args.concurrency]
@@ -114,11 +120,13 @@ def measure(args: argparse.Namespace, rnd: int, side: str) -> dict[str, Any]:
     return session
 
 
-def summary(sessions: list[dict], methods: list[str]) -> dict[str, Any]:
-    """Per method and metric: each side's spread over rounds, and remote / in-process."""
+def summary(sessions: list[dict], methods: list[str], other: str = "remote") -> dict[str, Any]:
+    """Per method and metric: each side's spread over rounds, and `other` / in-process."""
     return {
         method: {
-            key: compare_sides([(s["side"], s["methods"][method][key]) for s in sessions], *SIDES)
+            key: compare_sides(
+                [(s["side"], s["methods"][method][key]) for s in sessions], "inprocess", other
+            )
             for key, _, _ in METRICS
         }
         for method in methods
@@ -126,12 +134,18 @@ def summary(sessions: list[dict], methods: list[str]) -> dict[str, Any]:
 
 
 def tables(payload: dict[str, Any]) -> dict[str, str]:
-    """One Markdown table per method for docs/scaling.md."""
+    """One Markdown table per method for the docs (`<prefix>.<method>`), and one per method
+    for the per-token remote side when it ran (`<prefix>.<method>.per_token`); the prefix is
+    the result file's name, so each run's tables have names of their own."""
+    prefix = payload.get("table_prefix", NAME)
+    out = {}
     columns = (("inprocess", "in-process"), ("remote", "remote"))
-    return {
-        f"{NAME}.{method}": two_side_table(method, METRICS, s, columns)
-        for method, s in payload["summary"].items()
-    }
+    for method, s in payload["summary"].items():
+        out[f"{prefix}.{method}"] = two_side_table(method, METRICS, s, columns)
+    per_token = (("inprocess", "in-process"), (PER_TOKEN_SIDE, "remote, per token"))
+    for method, s in (payload.get("summary_per_token") or {}).items():
+        out[f"{prefix}.{method}.per_token"] = two_side_table(method, METRICS, s, per_token)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,21 +154,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--methods", nargs="+", default=list(METHOD_BODY), choices=list(METHOD_BODY))
     p.add_argument(
-        "--inprocess-quiet-star-engine",
+        "--quiet-star-engine",
         choices=["per_token", "continuation"],
-        default="per_token",
-        help="the in-process side's Quiet-STaR engine (replicas run per_token)",
+        default="continuation",
+        help="both sides' Quiet-STaR engine (replicas run the continuation scheduler)",
+    )
+    p.add_argument(
+        "--sides",
+        nargs="+",
+        default=list(SIDES),
+        choices=[*SIDES, PER_TOKEN_SIDE],
+        help=f"add {PER_TOKEN_SIDE} to measure the replicas' per-token Quiet-STaR too",
     )
     args = p.parse_args(argv)
 
+    def summarize(sessions: list[dict]) -> dict[str, Any]:
+        return summary(sessions, args.methods)
+
     def body(save: cli.Save) -> dict[str, Any]:
-        return cli.rounds_payload(
-            args,
-            SIDES,
-            lambda r, side: measure(args, r, side),
-            lambda ss: summary(ss, args.methods),
-            save,
+        payload = cli.rounds_payload(
+            args, tuple(args.sides), lambda r, side: measure(args, r, side), summarize, save
         )
+        payload["table_prefix"] = Path(args.out).stem if args.out else NAME
+        if PER_TOKEN_SIDE in args.sides:
+            payload["summary_per_token"] = summary(
+                payload["sessions"], args.methods, PER_TOKEN_SIDE
+            )
+        return payload
 
     payload = cli.run_benchmark(NAME, args, body)
     print("\n\n".join(tables(payload).values()))

@@ -318,11 +318,15 @@ def start(kind: str, engine: EngineSettings, log_path: Path, *extra_args: str) -
 
 # What a replica needs to serve every method (docs/scaling.md): our logits processor (the
 # `kernels` package importable: installed, or the repository as working directory), cached
-# prompt tokens in usage (cache-aware FLOPs), the gateway's logprobs mode.
+# prompt tokens in usage (cache-aware FLOPs), the gateway's logprobs mode, and Quiet-STaR's
+# continuation scheduler with the synchronous scheduling its rollback needs (the CPU
+# default anyway; the gateway's `--quiet-star-engine continuation`, its CPU default).
 REPLICA_FLAGS = (
     "--logits-processors", "kernels.quiet_star.processor:QuietStarLogitsProcessor",
     "--enable-prompt-tokens-details",
     "--logprobs-mode", "raw_logprobs",
+    "--scheduler-cls", "kernels.quiet_star.scheduler.QuietStarScheduler",
+    "--no-async-scheduling",
 )  # fmt: skip
 
 # The pinned router (pyproject.toml, `scale` extra; docs/scaling.md says why vllm-router) and

@@ -24,11 +24,13 @@ from server.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, Req
 from server.api.routes import router
 from server.api.serving import CompletionService
 from server.app.dtype_probe import settle_cpu_dtype
+from server.app.replica_probe import probe_at_start, watch_replicas
 from server.app.warmup import WarmupFailed, engine_exit_report, failure_message, warm_up
 from server.core import metrics
 from server.core.config import Settings, cpu_flags, resolve_hardware_defaults
 from server.engines import start_policy_engine
 from server.engines.inprocess import resolve_model_path
+from server.engines.remote import RemoteEngine
 from server.methods import method_names
 from server.methods.resources import Resources
 from server.rewards.vllm_prm import VllmProcessRewardModel, prm_config_from_settings
@@ -50,8 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             starter.cancel()
+            watch = getattr(app.state, "replica_watch", None)
+            if watch is not None:
+                watch.cancel()
             lifecycle.close()
-            await asyncio.gather(starter, return_exceptions=True)
+            await asyncio.gather(starter, *([watch] if watch else []), return_exceptions=True)
             service: CompletionService | None = getattr(app.state, "service", None)
             if service is not None:
                 prm = service.resources.vllm_prm
@@ -93,6 +98,12 @@ async def _start_engine(app: FastAPI, settings: Settings) -> None:
         model, settings = await asyncio.to_thread(settle_engine_settings, settings)
         app.state.settings = settings
         engine = await asyncio.to_thread(start_policy_engine, settings)
+        probed: list[str] = []
+        if isinstance(engine, RemoteEngine):
+            # Refuse to start behind a replica that lacks a flag a method needs (it would
+            # fail, or answer wrongly, only when the first such request came).
+            stage = "replica probe"
+            probed = await probe_at_start(engine)
         prm_config = prm_config_from_settings(settings)
         if prm_config is not None:
             # A model PRM (REBASE's `vllm_prm`): a second vLLM engine in pooling mode.
@@ -125,6 +136,8 @@ async def _start_engine(app: FastAPI, settings: Settings) -> None:
     metrics.ENGINE.info(info)
     # A dead engine core (OOM-killed, crashed) must end the process so it gets restarted.
     lifecycle.watch(engines_of(service))
+    if isinstance(engine, RemoteEngine):  # a replica that comes back is probed again
+        app.state.replica_watch = asyncio.create_task(watch_replicas(engine, probed))
     logger.info(
         "engine ready: serving %s (dtype %s, max_model_len %d; warm-up %.1f s)",
         engine.model_name,

@@ -184,6 +184,18 @@ class Settings(BaseSettings):
     engine_start_timeout_s: float = Field(
         600.0, gt=0, description="How long to wait for the router to list a model at start."
     )
+    engine_replica_urls: list[str] | None = Field(
+        None,
+        description="The replicas behind --engine-url, probed at start and whenever one comes "
+        "back (a tiny Quiet-STaR call each: a replica missing a flag is refused, naming it). "
+        "Unset: the router's worker list (vllm-router's /list_workers).",
+    )
+    engine_probe_interval_s: float = Field(
+        2.0,
+        ge=0,
+        description="How often the gateway checks its replicas' /health to re-probe one that "
+        "came back (0: probe at start only).",
+    )
 
     # --- methods -----------------------------------------------------------------------
     reward_model: Literal["arithmetic", "policy_judge", "vllm_prm"] = Field(

@@ -26,9 +26,10 @@ import asyncio
 import json
 import logging
 import math
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -37,6 +38,7 @@ from vllm.logprobs import Logprob
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
 
+from kernels.quiet_star.spec import QuietStarSpec
 from server.core.config import Settings
 from server.core.errors import APIError
 from server.core.flops import FlopsModel
@@ -65,6 +67,22 @@ class _Call:
     stop_reason: int | str | None = None
     cached_tokens: int | None = None
     yielded: bool = False
+    # A Quiet-STaR continuation call streams whole rounds of `round_len` tokens (start,
+    # thought, end, talk): only complete rounds are released to the caller, so a call cut
+    # mid-round resumes after its last talk token (`released` tokens were handed over).
+    round_len: int | None = None
+    released: int = 0
+
+    def talk_tokens(self) -> list[int]:
+        """The visible tokens of the released rounds (the last token of each round)."""
+        assert self.round_len
+        return self.token_ids[self.round_len - 1 : self.released : self.round_len]
+
+    def drop_unreleased(self) -> None:
+        """Forget the tokens of a round the replica did not finish (charged already)."""
+        del self.token_ids[self.released :]
+        if self.logprobs is not None:
+            del self.logprobs[self.released :]
 
 
 def flat_xargs(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -83,7 +101,7 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
-def _resumable(params: SamplingParams) -> bool:
+def _resumable(params: SamplingParams, *, continuation: bool = False) -> bool:
     """Whether a call cut after some tokens may go on, on another replica, from where it was.
 
     The resumed call's prompt is the original prompt plus the tokens already generated, and its
@@ -91,15 +109,22 @@ def _resumable(params: SamplingParams) -> bool:
     same context (the uncut call's tokens, up to numerical differences between replicas);
     sampled, it is an equally valid sample (a seed restarts its generator there).
 
+    A Quiet-STaR continuation call (`continuation`) is resumable too: its processor state (the
+    round position, the saved base distribution) depends only on the visible text, so the next
+    attempt's prompt is the call's prompt plus the talk tokens of its finished rounds, and the
+    replica rebuilds that state from it (`completion_body`).
+
     Not resumable:
-    * a call with logits-processor arguments (the processor keeps per-call state over the whole
-      output, e.g. Quiet-STaR's thought and talk phases) or with prompt logprobs;
+    * a call with other logits-processor arguments (the processor keeps per-call state over the
+      whole output, e.g. Quiet-STaR's thought and talk phases) or with prompt logprobs;
     * a call with stop strings: unless the stop string is kept in the output, vLLM holds back
       the last (longest stop string - 1) characters of the streamed text until the call ends,
       so at a cut the text of the tokens already streamed is not all sent; and a stop string
       begun before the cut and completed after it would go unseen by the new replica.
       Resumed, the text would be wrong; a clean 503 is better (docs/scaling.md)."""
-    return not params.extra_args and not params.prompt_logprobs and not params.stop
+    if params.prompt_logprobs or params.stop:
+        return False
+    return continuation or not params.extra_args
 
 
 def completion_body(
@@ -109,11 +134,16 @@ def completion_body(
     *,
     already: Sequence[int] = (),
     priority: int = 0,
+    continuation: bool = False,
 ) -> dict:
     """The `/v1/completions` body that makes `vllm serve` run exactly `params` on the prompt.
 
     `already`: tokens this call has generated on a replica that then failed; the body resumes
-    after them (they join the prompt, and the token budgets shrink by their number).
+    after them (they join the prompt, and the token budgets shrink by their number). For a
+    Quiet-STaR continuation call (`continuation`) they are the talk tokens only (thoughts never
+    join the context), `max_tokens` counts talk tokens, and the resumed call is seeded with
+    `seed + len(already)`: the continuation scheduler samples round k with `seed + k`, so the
+    rounds after the cut draw the seeds the uncut call would have used for them.
     `priority`: vLLM's (lower first); sent only when non-zero, so a replica on the default
     first-come policy, which refuses any other value, never sees it."""
     done = len(already)
@@ -129,7 +159,7 @@ def completion_body(
         "top_p": params.top_p,
         "top_k": params.top_k if params.top_k and params.top_k > 0 else None,
         "min_p": params.min_p,
-        "seed": params.seed,
+        "seed": params.seed + done if continuation and params.seed is not None else params.seed,
         "stop": list(params.stop) if params.stop else None,
         "stop_token_ids": list(params.stop_token_ids) if params.stop_token_ids else None,
         "ignore_eos": params.ignore_eos,
@@ -149,10 +179,22 @@ def completion_body(
         body["logprob_token_ids"] = list(logprob_ids)
     if priority:
         body["priority"] = priority
-    xargs = flat_xargs(params.extra_args)
+    extra_args = params.extra_args
+    if continuation and done:
+        extra_args = _fresh_spec_key(extra_args)
+    xargs = flat_xargs(extra_args)
     if xargs:
         body["vllm_xargs"] = xargs
     return {k: v for k, v in body.items() if v is not None}
+
+
+def _fresh_spec_key(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The Quiet-STaR spec with a new `key` (it keys per-request state on a replica): a resumed
+    call is a new engine request and must not meet state left by the cut one."""
+    spec = QuietStarSpec.from_extra_args(extra_args)
+    if spec is None:
+        return extra_args
+    return {**(extra_args or {}), **replace(spec, key=uuid.uuid4().hex).to_extra_args()}
 
 
 def _token_id(token: str) -> int:
@@ -192,8 +234,8 @@ class RemoteEngine:
     flops: FlopsModel
     hf_config: Any
     settings: Settings
-    # Replicas run vLLM's stock scheduler, so Quiet-STaR makes one call per output token
-    # (docs/scaling.md says what a replica would need for continuation).
+    # Quiet-STaR as one call per sequence: the replicas run our continuation scheduler
+    # (`--quiet-star-engine continuation`, docs/scaling.md); else one call per output token.
     quiet_star_continuation: bool = False
     # vLLM's OpenAI server returns prompt logprobs only unstreamed; calls here stream.
     prompt_logprobs: bool = False
@@ -220,7 +262,7 @@ class RemoteEngine:
         if max_len <= 0:
             raise RuntimeError(f"{url}/v1/models does not say max_model_len; set --max-model-len")
         logger.info("remote engine at %s: %s (max_model_len %d)", url, card["id"], max_len)
-        return cls(
+        engine = cls(
             url=url,
             model_name=settings.served_model_name or card["id"],
             model_path=model_path,
@@ -228,8 +270,10 @@ class RemoteEngine:
             flops=FlopsModel.from_hf_config(hf_config),
             hf_config=hf_config,
             settings=settings,
+            quiet_star_continuation=settings.quiet_star_engine == "continuation",
             _tokenizer=tokenizer,
         )
+        return engine
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -251,6 +295,10 @@ class RemoteEngine:
         """Drop the pooled client; its connections close with the process (the lifespan
         calls this synchronously on exit, when no call is left in flight)."""
         self._client = None
+
+    def completion_body(self, prompt_token_ids: list[int], params: SamplingParams) -> dict:
+        """The body of one call of `params` on a replica (the replica probe sends one)."""
+        return completion_body(self.model_name, prompt_token_ids, params)
 
     # ---- the model ----------------------------------------------------------------------
     @property
@@ -310,8 +358,11 @@ class RemoteEngine:
         `priority` is forwarded only under `--engine-priority-scheduling`: a replica started
         without `--scheduling-policy priority` refuses any non-zero priority, and the gateway
         cannot see how replicas were started; the REBASE scheduler's own order of submission
-        applies either way (docs/scaling.md)."""
-        del rollback_steps  # never a continuation request here (see above)
+        applies either way (docs/scaling.md).
+
+        `rollback_steps` marks a Quiet-STaR continuation call (the replicas run our
+        continuation scheduler): it streams rounds of that many tokens, is charged with its
+        thoughts rolled back, and a cut one resumes after its last complete round."""
         if not self.settings.engine_priority_scheduling:
             priority = 0
         if params.n != 1:
@@ -322,16 +373,25 @@ class RemoteEngine:
             "X-Request-Id": request_id,
         }
         prompt = list(prompt_token_ids)
-        call = _Call()
+        continuation = rollback_steps is not None  # a Quiet-STaR continuation call
+        call = _Call(round_len=rollback_steps)
         segment = 0  # where the attempt now running started in call.token_ids
+        attempt_prompt = len(prompt)  # the prompt tokens the attempt now running was sent
         charge = False  # whether an attempt is left to charge when the call ends
         attempts = self.settings.engine_retries + 1
         try:
             for attempt in range(1, attempts + 1):
                 segment = len(call.token_ids)
                 call.cached_tokens = None
+                already = call.talk_tokens() if continuation else call.token_ids
+                attempt_prompt = len(prompt) + len(already)
                 body = completion_body(
-                    self.model_name, prompt, params, already=call.token_ids, priority=priority
+                    self.model_name,
+                    prompt,
+                    params,
+                    already=already,
+                    priority=priority,
+                    continuation=continuation,
                 )
                 charge = True
                 try:
@@ -345,7 +405,7 @@ class RemoteEngine:
                             yield output
                     return
                 except ReplicaError as exc:
-                    resume = call.yielded and _resumable(params)
+                    resume = call.yielded and _resumable(params, continuation=continuation)
                     if attempt == attempts or (call.yielded and not resume):
                         logger.warning("engine call %s failed: %s", request_id, exc)
                         raise APIError(
@@ -353,12 +413,17 @@ class RemoteEngine:
                         ) from None
                     if resume:
                         # It ran: charge it (as with whole retries, an attempt that gave no
-                        # token is not).
+                        # token is not), a round cut short included.
                         if len(call.token_ids) > segment:
-                            self._charge(meter, component, prompt, call, segment)
+                            self._charge(
+                                meter, component, attempt_prompt, call, segment, rollback_steps
+                            )
                         charge = False
+                        if continuation:
+                            call.drop_unreleased()
+                            call.finish_reason = call.stop_reason = None
                     else:
-                        call = _Call()
+                        call = _Call(round_len=rollback_steps)
                     logger.info(
                         "engine call %s failed on its replica (%s); %s, try %d", request_id, exc,
                         f"resumed after {len(call.token_ids)} tokens" if resume else "sent again",
@@ -367,20 +432,26 @@ class RemoteEngine:
                     await asyncio.sleep(self.settings.engine_retry_backoff_s * attempt)
         finally:
             if charge:
-                self._charge(meter, component, prompt, call, segment)
+                self._charge(meter, component, attempt_prompt, call, segment, rollback_steps)
 
     @staticmethod
     def _charge(
-        meter: UsageMeter, component: Component, prompt: list[int], call: _Call, segment: int
+        meter: UsageMeter,
+        component: Component,
+        prompt_tokens: int,
+        call: _Call,
+        segment: int,
+        rollback_steps: int | None,
     ) -> None:
-        """Charge one attempt: its prompt was the call's prompt plus the tokens generated
-        before it (`segment`), and it generated the tokens after."""
+        """Charge one attempt: it was sent `prompt_tokens` (the call's prompt plus what an
+        earlier attempt had produced) and generated the tokens after `segment`."""
         generated = len(call.token_ids) - segment
         meter.record_generation(
-            prompt_tokens=len(prompt) + segment,
+            prompt_tokens=prompt_tokens,
             cached_tokens=call.cached_tokens or 0,
             generated_tokens=generated,
             component=component,
+            rollback_steps=rollback_steps,  # Quiet-STaR continuation: positions roll back
             # the replica streamed something back: its engine saw the call
             reported=generated > 0 or call.finish_reason is not None,
         )
@@ -433,7 +504,10 @@ class RemoteEngine:
         except httpx.TransportError as exc:
             raise ReplicaError(f"{type(exc).__name__}: {exc}") from None
         if call.finish_reason is None:
-            if params.max_tokens is None or len(call.token_ids) < params.max_tokens:
+            produced = len(call.token_ids)
+            if call.round_len:  # max_tokens counts talk tokens: one per complete round
+                produced //= call.round_len
+            if params.max_tokens is None or produced < params.max_tokens:
                 raise ReplicaError("the stream ended before the call finished")
             # Cut after its last token, before the chunk that said so: the call is done.
             call.finish_reason = "length"
@@ -501,15 +575,35 @@ class RemoteEngine:
         finished = call.finish_reason is not None
         if kind == RequestOutputKind.FINAL_ONLY and not finished:
             return None
+        end = len(call.token_ids)
+        if call.round_len:
+            # Continuation: hand over complete rounds only (all that is left at the finish).
+            if not finished:
+                end -= end % call.round_len
+            if kind == RequestOutputKind.DELTA:
+                ids = call.token_ids[call.released : end]
+                if not ids and not finished:
+                    return None
+                logprobs = call.logprobs[call.released : end] if call.logprobs else None
+                delta = CompletionOutput(
+                    index=0,
+                    text="",  # the decoder keeps token ids; thoughts have no text to show
+                    token_ids=ids,
+                    cumulative_logprob=None,
+                    logprobs=logprobs,
+                    finish_reason=call.finish_reason,
+                    stop_reason=call.stop_reason,
+                )
+            call.released = end
         if kind == RequestOutputKind.DELTA:
             completion = delta
         else:
             completion = CompletionOutput(
                 index=0,
                 text=call.text,
-                token_ids=list(call.token_ids),
+                token_ids=call.token_ids[:end],
                 cumulative_logprob=None,
-                logprobs=list(call.logprobs) if call.logprobs is not None else None,
+                logprobs=call.logprobs[:end] if call.logprobs is not None else None,
                 finish_reason=call.finish_reason,
                 stop_reason=call.stop_reason,
             )

@@ -260,6 +260,7 @@ class QuietStarDecoder:
             params,
             self.meter,
             request_id=engine_request_id(self.request_id),
+            choice_id=self.choice_id,
             rollback_steps=steps,
         )
         async with aclosing(call) as outputs:  # a caller that stops early aborts the call

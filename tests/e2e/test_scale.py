@@ -137,12 +137,9 @@ def test_remote_engine_gives_the_in_process_tokens(cluster: Cluster, gateway, bo
     ]
     for key in ("completion_tokens", "thought_tokens"):
         assert rj["usage"][key] == lj["usage"][key], key
-    if "quiet_star" in body.get("method", ""):
-        # Same text, different engine plumbing: in process one continuation request per
-        # sequence, on replicas one call per output token (docs/scaling.md).
-        assert lj["usage"]["engine_calls"] < rj["usage"]["engine_calls"]
-    else:
-        assert rj["usage"]["engine_calls"] == lj["usage"]["engine_calls"]
+    # The same engine plumbing on both: Quiet-STaR is one continuation call per sequence on
+    # the replicas too (they run our scheduler).
+    assert rj["usage"]["engine_calls"] == lj["usage"]["engine_calls"]
 
 
 def test_priority_rebase_on_priority_replicas_grows_the_in_process_tree(
@@ -308,3 +305,75 @@ def test_a_killed_replica_fails_over_and_a_restarted_one_rejoins(cluster: Cluste
         took = deltas[0]
         i += 1
     assert took > 0, "the restarted replica never got a tree"
+
+
+def test_a_replica_without_the_continuation_scheduler_is_refused_at_start(
+    cluster: Cluster,
+) -> None:
+    """A replica started without our scheduler answers plain calls fine; the gateway's start-up
+    probe (a one-talk-token Quiet-STaR continuation) must refuse it, naming the flags."""
+    without_scheduler = [
+        flag
+        for flag in servers.REPLICA_FLAGS
+        if flag
+        not in ("--scheduler-cls", "kernels.quiet_star.scheduler.QuietStarScheduler",
+                "--no-async-scheduling")
+    ]  # fmt: skip
+    replica = servers.start_vllm_serve(
+        cluster.engine, cluster.log_dir / "replica-stock-scheduler.log", *without_scheduler
+    )
+    log = cluster.log_dir / "gateway-refused.log"
+    try:
+        with pytest.raises(RuntimeError, match="exited early"):
+            servers.start_gateway(cluster.engine, log, "--engine-url", replica.url)
+    finally:
+        replica.stop()
+    text = log.read_text()
+    assert f"replica {replica.url} cannot serve every method" in text
+    assert "--scheduler-cls kernels.quiet_star.scheduler.QuietStarScheduler" in text
+
+
+@pytest.mark.slow
+def test_a_quiet_star_continuation_cut_by_a_replica_kill_resumes_on_the_other(
+    cluster: Cluster,
+) -> None:
+    """SIGKILL the replica running a streamed Quiet-STaR sequence: the call resumes on the
+    other replica from the visible text, and the client gets the whole, well-formed answer."""
+    max_tokens = 300
+    body = _body(
+        "quiet_star", temperature=1.0, seed=11, max_tokens=max_tokens, ignore_eos=True,
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    gateway = cluster.gateways[0]
+    chunks: list[dict] = []
+    victim: int | None = None
+    with httpx.stream("POST", f"{gateway.url}/v1/completions", json=body, timeout=600) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                continue
+            chunks.append(json.loads(line[5:]))
+            if victim is None and len(chunks) >= 10:  # mid-stream: kill the one running it
+                running = [
+                    metrics.metric_total(metrics.scrape_metrics(r.url), "vllm:num_requests_running")
+                    for r in cluster.replicas
+                ]
+                assert sorted(running) == [0, 1], running
+                victim = running.index(1)
+                process = cluster.replicas[victim].process
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert victim is not None, "the call ended before the kill"
+    text = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices"))
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")]
+    usage = next(c["usage"] for c in chunks if c.get("usage"))
+    assert "error" not in json.dumps(chunks[-1])
+    assert finish[-1] == "length" and usage["completion_tokens"] == max_tokens
+    assert usage["engine_calls"] == 2  # the cut attempt and the resumed one, both charged
+    assert usage["thought_tokens"] >= max_tokens * 2  # every talk token was thought about
+    assert text  # the decoded talk tokens; thought tokens never reach the stream
+
+    port = int(cluster.replicas[victim].url.rsplit(":", 1)[1])
+    cluster.replicas[victim] = servers.start_replica(
+        cluster.engine, cluster.log_dir / f"replica{victim}-after-qs.log", *PRIORITY, port=port
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import httpx
@@ -302,6 +303,104 @@ def test_an_unresumable_call_cut_after_yielding_is_a_503(unresumable) -> None:
     with pytest.raises(APIError) as err:
         asyncio.run(run())
     assert calls["n"] == 1 and err.value.status == 503
+
+
+# ---- Quiet-STaR continuation calls (replicas run our continuation scheduler) -------------
+ROUND = 5  # start, two thought tokens, end, then the talk token: s + t + e + 1 positions
+FIRST, SECOND, THIRD = [3, 20, 21, 4, 50], [3, 22, 23, 4, 51], [3, 24, 25, 4, 52]
+
+
+def _continuation_params(max_talk: int, seed: int | None = 9) -> SamplingParams:
+    spec = replace(_spec(), continuation=True, context_len=6)
+    return SamplingParams(
+        max_tokens=max_talk,
+        seed=seed,
+        ignore_eos=True,
+        extra_args=spec.to_extra_args(),
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+async def _continue(engine, params, meter) -> list:
+    call = engine.generate([1, 2, 3, 4, 5, 6], params, meter, rollback_steps=ROUND)
+    return [list(o.outputs[0].token_ids) async for o in call]
+
+
+def _spec_of(body: dict) -> dict:
+    return json.loads(body["vllm_xargs"]["quiet_star"])
+
+
+def _rolled_back_charge(*attempts: tuple[int, int, int]) -> float:
+    """FLOPs of (prompt, cached, generated tokens) attempts, as the in-process engine charges."""
+    meter = UsageMeter(FLOPS)
+    for prompt, cached, generated in attempts:
+        meter.record_generation(
+            prompt_tokens=prompt, cached_tokens=cached, generated_tokens=generated,
+            rollback_steps=ROUND,
+        )  # fmt: skip
+    return meter.component("policy").flops
+
+
+def test_a_continuation_call_hands_over_whole_rounds_and_is_charged_rolled_back() -> None:
+    """The stream's tokens reach the decoder a round at a time (it keeps each round's last
+    token), and the call is charged as the in-process engine charges it: thoughts rolled back."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=_sse(_chunks([*FIRST, *SECOND], cached=0)))
+
+    meter = UsageMeter(FLOPS)
+    outs = asyncio.run(_continue(_engine(handler), _continuation_params(2), meter))
+    assert outs == [FIRST, SECOND]
+    policy = meter.component("policy")
+    assert (policy.engine_calls, policy.generated_tokens) == (1, 10)
+    assert policy.flops == _rolled_back_charge((6, 0, 10))
+
+
+def test_a_continuation_call_cut_mid_round_resumes_after_its_last_talk_token() -> None:
+    """A replica dies inside round 2: the round it did not finish is never handed over (a
+    thought token must not become text), and the call goes on elsewhere from the visible text
+    (prompt + the talk token so far), with one talk token fewer to make, the seed of the next
+    round (the scheduler seeds round k with seed + k) and a fresh processor key; the spec's
+    context length stays the original prompt's, so `min_tokens` still counts from there."""
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        if len(bodies) == 1:
+            return _cut_after(7, _chunks([*FIRST, *SECOND, *THIRD]))
+        return httpx.Response(200, content=_sse(_chunks([*SECOND, *THIRD], cached=6)))
+
+    meter = UsageMeter(FLOPS)
+    outs = asyncio.run(_continue(_engine(handler), _continuation_params(3), meter))
+    assert outs == [FIRST, SECOND, THIRD]
+    assert [b["prompt"] for b in bodies] == [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 50]]
+    assert [b["max_tokens"] for b in bodies] == [3, 2]
+    assert [b["seed"] for b in bodies] == [9, 10]
+    first, second = (_spec_of(b) for b in bodies)
+    assert first["key"] != second["key"]
+    assert {k: v for k, v in first.items() if k != "key"} == {
+        k: v for k, v in second.items() if k != "key"
+    }
+    policy = meter.component("policy")
+    # Both attempts ran and are charged: the cut one for its 7 tokens (the lost round too).
+    assert (policy.engine_calls, policy.generated_tokens) == (2, 17)
+    assert policy.flops == _rolled_back_charge((6, 0, 7), (7, 6, 10))
+
+
+def test_a_continuation_call_cut_before_its_first_round_is_sent_again_whole() -> None:
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        if len(bodies) == 1:
+            return _cut_after(3, _chunks([*FIRST]))
+        return httpx.Response(200, content=_sse(_chunks([*FIRST])))
+
+    meter = UsageMeter(FLOPS)
+    outs = asyncio.run(_continue(_engine(handler), _continuation_params(1), meter))
+    assert outs == [FIRST]
+    assert bodies[0] == bodies[1]  # the same call again: nothing was handed over
+    assert meter.component("policy").engine_calls == 1
 
 
 def test_retries_exhausted_is_a_clean_503() -> None:

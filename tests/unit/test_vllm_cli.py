@@ -70,9 +70,16 @@ def test_every_replica_launcher_runs_the_same_command() -> None:
     assert compose_replica_command()[:2] == [COMMAND, "serve"]
     harness = vllm_serve_command(EngineSettings(model="some/model"), 8001, *REPLICA_FLAGS)
     assert harness[:3] == [str(INSTALLED), "serve", "some/model"]
-    # The gateway's engine values, in all three.
+    # The gateway's engine values, and Quiet-STaR's continuation scheduler, in all three.
+    needed = {
+        "--logits-processors",
+        "--enable-prompt-tokens-details",
+        "--scheduler-cls",
+        "--no-async-scheduling",
+    }
     for argv in (documented_replica_command(), compose_replica_command(), harness):
-        assert {"--logits-processors", "--enable-prompt-tokens-details"} <= _flags(argv)
+        assert needed <= _flags(argv)
+        assert "kernels.quiet_star.scheduler.QuietStarScheduler" in " ".join(argv)
 
 
 def _serve_help(command: list[str]) -> str:
