@@ -80,3 +80,26 @@ def test_a_benchmark_gateway_lifetime_is_one_checked_window(tmp_path, monkeypatc
     server.stop(timeout=5)  # stopping twice closes no second window
     assert provenance.accounting_summary()["windows"] == 1
     provenance.reset()
+
+
+def test_a_remote_engine_gateway_is_unchecked_not_a_mismatch() -> None:
+    """Its process has no vLLM counters (they are on the replicas): nothing to compare."""
+    remote = {k: v for k, v in samples(0, 90).items() if not k.startswith("vllm:")}
+    after = {**remote, ENGINE: 140.0}
+    result = accounting.check(remote, after)
+    assert result["matches"] is None and result["note"] == accounting.REMOTE_NOTE
+
+
+def test_the_docs_note_does_not_count_remote_windows_as_mismatches() -> None:
+    """Results recorded before the check knew remote gateways: such a window (vLLM counted 0
+    in the gateway's process while it charged work) is reported as unchecked; a real
+    mismatch (vLLM counted something else) still shows."""
+    from loadtest.docs import accounting_note
+
+    remote = {"kind": "gateway", "vllm_iteration_tokens": 0, "gateway_engine_tokens": 6600.0}
+    real = {"kind": "gateway", "vllm_iteration_tokens": 50, "gateway_engine_tokens": 49.0}
+    clean = {"accounting": {"windows": 3, "checked": 3, "mismatches": [remote, remote]}}
+    note = accounting_note(clean)
+    assert "MISMATCH" not in note and "adds up (1 gateway)" in note and "unchecked" in note
+    bad = {"accounting": {"windows": 3, "checked": 3, "mismatches": [remote, real]}}
+    assert "MISMATCH** in 1 of 2 gateways" in accounting_note(bad)
