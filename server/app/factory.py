@@ -98,7 +98,7 @@ async def _start_engine(app: FastAPI, settings: Settings) -> None:
         model, settings = await asyncio.to_thread(settle_engine_settings, settings)
         app.state.settings = settings
         engine = await asyncio.to_thread(start_policy_engine, settings)
-        probed: list[str] = []
+        probed: dict[str, bool] = {}
         if isinstance(engine, RemoteEngine):
             # Refuse to start behind a replica that lacks a flag a method needs (it would
             # fail, or answer wrongly, only when the first such request came).

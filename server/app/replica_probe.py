@@ -161,23 +161,24 @@ async def replica_urls(engine: RemoteEngine, client: httpx.AsyncClient) -> list[
     return []
 
 
-async def probe_at_start(engine: RemoteEngine) -> list[str]:
+async def probe_at_start(engine: RemoteEngine) -> dict[str, bool]:
     """Probe every replica that is up; raise naming the first one that lacks a flag. Returns
-    the replicas probed. A router with no worker list is probed itself (it then is one
+    each replica and whether it was up (and passed): one that was down is probed when it comes
+    up (`ReplicaWatch`). A router with no worker list is probed itself (it then is one
     replica, or forwards the probe to one)."""
     async with _client(engine) as client:
         urls = await replica_urls(engine, client) or [engine.url]
-        checked = []
+        up: dict[str, bool] = {}
         for url in urls:
-            if not await _healthy(client, url):
+            up[url] = await _healthy(client, url)
+            if not up[url]:
                 logger.warning("replica %s is down at start; it is probed when it comes up", url)
                 continue
             missing = await probe_replica(engine, client, url)
             if missing:
                 raise RuntimeError(refusal(url, missing))
-            checked.append(url)
-        logger.info("replicas probed: %s", ", ".join(checked) or "none up")
-        return checked
+        logger.info("replicas probed: %s", ", ".join(u for u, ok in up.items() if ok) or "none")
+        return up
 
 
 @dataclass
@@ -193,8 +194,8 @@ class ReplicaWatch:
     up: dict[str, bool] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
 
-    async def run(self, client: httpx.AsyncClient, urls: list[str]) -> None:
-        self.up = dict.fromkeys(urls, True)  # probed at start
+    async def run(self, client: httpx.AsyncClient, up: dict[str, bool]) -> None:
+        self.up = dict(up)  # as the start found them: a replica down then is probed when up
         while True:
             await asyncio.sleep(self.interval_s)
             await self.check(client)
@@ -221,12 +222,12 @@ class ReplicaWatch:
                 await _router(client, self.engine, "add_worker", url)
 
 
-async def watch_replicas(engine: RemoteEngine, urls: list[str]) -> None:
+async def watch_replicas(engine: RemoteEngine, up: dict[str, bool]) -> None:
     """Re-probe a replica whenever it comes back; runs until cancelled."""
     if engine.settings.engine_probe_interval_s <= 0:
         return
     async with _client(engine) as client:
-        await ReplicaWatch(engine, engine.settings.engine_probe_interval_s).run(client, urls)
+        await ReplicaWatch(engine, engine.settings.engine_probe_interval_s).run(client, up)
 
 
 async def _router(client: httpx.AsyncClient, engine: RemoteEngine, action: str, url: str) -> None:

@@ -502,7 +502,11 @@ class RemoteEngine:
                     else:
                         yield output
         except httpx.TransportError as exc:
-            raise ReplicaError(f"{type(exc).__name__}: {exc}") from None
+            if call.finish_reason is None:
+                raise ReplicaError(f"{type(exc).__name__}: {exc}") from None
+            # The call had finished; only the usage chunk after it was lost (its cache hits:
+            # charged as uncached). Sent again it would ask for 0 tokens.
+            logger.info("engine call %s: stream lost after its finish (%s)", request_id, exc)
         if call.finish_reason is None:
             produced = len(call.token_ids)
             if call.round_len:  # max_tokens counts talk tokens: one per complete round

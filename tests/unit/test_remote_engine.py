@@ -278,6 +278,36 @@ def test_a_call_cut_after_its_last_token_finishes_without_another_call() -> None
     assert outs[-1].finished and outs[-1].outputs[0].finish_reason == "length"
 
 
+class _DiesAfter(httpx.AsyncByteStream):
+    """A stream that sends `chunks`, then loses the connection (no usage chunk, no [DONE])."""
+
+    def __init__(self, chunks: list[dict]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self):
+        for chunk in self.chunks:
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+        raise httpx.ReadError("connection reset")
+
+
+def test_a_stream_lost_after_the_finish_is_a_finished_call() -> None:
+    """The finish arrived; only the usage chunk was lost: the call is done (charged without
+    cache hits), not sent again asking for zero more tokens."""
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, stream=_DiesAfter(_chunks([10, 11, 12])[:3]))
+
+    meter = UsageMeter(FLOPS)
+    outs = asyncio.run(_collect(_engine(handler), RequestOutputKind.DELTA, meter))
+    assert len(bodies) == 1
+    assert [list(o.outputs[0].token_ids) for o in outs] == [[10], [11], [12]]
+    assert outs[-1].finished and outs[-1].outputs[0].finish_reason == "length"
+    policy = meter.component("policy")
+    assert (policy.engine_calls, policy.generated_tokens, policy.cached_tokens) == (1, 3, 0)
+
+
 @pytest.mark.parametrize(
     "unresumable",
     [
