@@ -155,11 +155,16 @@ def test_talk_distribution_matches_the_reference(served, qs, reference, unique_t
     assert head_matters and min(head_matters) > 2 * TOLERANCE[dtype], head_matters
 
 
-def test_greedy_tokens_match_the_reference_over_16_steps(served, qs, reference) -> None:
+def test_greedy_tokens_match_the_reference_over_32_steps(served, qs, reference) -> None:
+    """Every step the reference decides clearly is the served token. In bfloat16 only steps
+    with a clear margin are compared; on this random-weight model about half are, and the
+    count moves with bf16 rounding (the sampled thoughts change): one run here had 7 of 16,
+    under the floor of 8 that 16 steps used to need. 32 steps keep that floor well inside
+    what a correct run gives."""
     _, dtype = served
-    body = complete(qs, max_tokens=16, temperature=0, ignore_eos=True)
+    body = complete(qs, max_tokens=32, temperature=0, ignore_eos=True)
     steps = body["method_details"]["quiet_star"][0]["step_token_ids"]
-    assert len(steps) == 16
+    assert len(steps) == 32
     context = reference.tokenizer.encode(PROMPT)
     compared = 0
     for step in steps:
