@@ -381,21 +381,14 @@ class CompletionService:
             ignore_eos=request.ignore_eos,
             min_tokens=request.min_tokens,
         )
-        self._check_budget(request, method, ids)
+        self._check_budget(request, ids)
         return MethodInput(ids, text, request.n, sampling, params, budget=request.budget)
 
-    def _check_budget(self, request: CompletionRequest, method: Method, ids: list[int]) -> None:
-        """A budget the method cannot enforce, or one smaller than one engine step (prefill of
-        the prompt and one token), is a 400 naming the field."""
+    def _check_budget(self, request: CompletionRequest, ids: list[int]) -> None:
+        """A FLOPs budget smaller than one engine step (prefill of the prompt and one token) is
+        a 400 naming the field: no method could answer within it."""
         if request.budget is None:
             return
-        for kind in request.budget.limits():
-            if kind not in method.budget_kinds:
-                raise APIError(
-                    f"budget.{kind} is not supported by method '{method.name}' (it supports "
-                    f"{', '.join(sorted(method.budget_kinds)) or 'none'})",
-                    param=f"budget.{kind}",
-                )
         step = self.engine.flops.request_flops(len(ids), 0, 1).executed
         if request.budget.flops is not None and request.budget.flops < step:
             raise APIError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -42,38 +42,65 @@ class Budget(BaseModel):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class CallWatch(Protocol):
+    """What an engine-call loop reports to, so that a budget sees a call before its charge:
+    `progress` after every output (DELTA: one per engine step), `done` once the call ended and
+    its charge is in the meter (also when it was aborted)."""
+
+    def progress(
+        self,
+        call: object,
+        prompt: int,
+        cached: int,
+        generated: int,
+        *,
+        rollback_steps: int | None = None,
+    ) -> None: ...
+
+    def done(self, call: object) -> None: ...
+
+
 @dataclass
 class ChoiceBudget:
-    """One choice's budget against its meter and its calls in flight."""
+    """One choice's budget against its meter and its calls in flight (a `CallWatch`)."""
 
     limit: Budget
     meter: UsageMeter  # the choice's own meter
     started: float = field(default_factory=time.perf_counter)  # the request's admission
     cut: BudgetKind | None = None  # set by `check` once the budget ran out
-    # How a method counts its tokens when the meter cannot (Quiet-STaR: talk + thought tokens
-    # as they stream; its engine calls are charged when they end, thoughts included).
-    tokens_spent: Callable[[], int] | None = None
-    # call -> (prompt tokens, cached tokens, generated so far): calls not yet charged
-    _running: dict[object, tuple[int, int, int]] = field(default_factory=dict)
+    # Called once, when `check` first finds the budget spent: how the method stops its work
+    # mid-call (the Quiet-STaR decoder stops its call; REBASE halts its search).
+    on_spent: Callable[[], None] | None = None
+    # call -> (prompt tokens, cached tokens, generated so far, Quiet-STaR rollback steps):
+    # calls not yet charged, priced as their final charge will be
+    _running: dict[object, tuple[int, int, int, int | None]] = field(default_factory=dict)
 
-    def progress(self, call: object, prompt: int, cached: int, generated: int) -> None:
-        self._running[call] = (prompt, cached, generated)
+    def progress(
+        self,
+        call: object,
+        prompt: int,
+        cached: int,
+        generated: int,
+        *,
+        rollback_steps: int | None = None,
+    ) -> None:
+        """A running call's progress; checks the budget (which may call `on_spent`)."""
+        self._running[call] = (prompt, cached, generated, rollback_steps)
+        self.check()
 
     def done(self, call: object) -> None:
         """The call ended: its charge is in the meter now."""
         self._running.pop(call, None)
 
     def spent(self) -> dict[str, float]:
+        """FLOPs and generated tokens (Quiet-STaR's thoughts are generated tokens too) of the
+        charged calls plus the running ones; seconds since admission."""
         model = self.meter.policy_flops
+        running = self._running.values()
         flops = self.meter.total_flops.executed + sum(
-            model.request_flops(p, c, g).executed for p, c, g in self._running.values()
+            model.request_flops(p, c, g, rollback_steps=r).executed for p, c, g, r in running
         )
-        if self.tokens_spent is not None:
-            tokens = self.tokens_spent()
-        else:
-            tokens = self.meter.component("policy").generated_tokens + sum(
-                g for _, _, g in self._running.values()
-            )
+        tokens = self.meter.component("policy").generated_tokens + sum(g for _, _, g, _ in running)
         return {"flops": flops, "tokens": tokens, "seconds": time.perf_counter() - self.started}
 
     def check(self) -> BudgetKind | None:
@@ -83,6 +110,8 @@ class ChoiceBudget:
             for kind, limit in self.limit.limits().items():
                 if spent[kind] >= limit:
                     self.cut = kind  # type: ignore[assignment]
+                    if self.on_spent is not None:
+                        self.on_spent()
                     break
         return self.cut
 

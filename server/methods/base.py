@@ -62,8 +62,6 @@ class Method(ABC):
     # (`echo` with `logprobs`). Only a method whose choice is one engine call over the prompt
     # has them; the route answers 400 for the others instead of echoing without them.
     prompt_logprobs: ClassVar[bool] = False
-    # The budget kinds (server/core/budget.py) the method enforces; others are a 400.
-    budget_kinds: ClassVar[frozenset[str]] = frozenset({"flops", "seconds", "tokens"})
 
     def check(self, inp: MethodInput, engine: PolicyEngine) -> None:
         """Reject inputs this method cannot serve (raise `APIError`); default accepts all."""

@@ -26,8 +26,6 @@ from server.quiet_star.validation import check_quiet_star_input
 
 class QuietStar(Method):
     name = "quiet_star"
-    # Its engine calls are charged when they end, so FLOPs cannot be cut mid-call yet.
-    budget_kinds = frozenset({"seconds", "tokens"})
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {"quiet_star": QuietStarParams}
 
     def check(self, inp: MethodInput, engine: PolicyEngine) -> None:
@@ -47,6 +45,7 @@ class QuietStar(Method):
     ) -> AsyncIterator[ChoiceDelta]:
         params: QuietStarParams = inp.params["quiet_star"]  # type: ignore[assignment]
         meter = ctx.meter.child() if inp.budget else ctx.meter
+        budget = ctx.choice_budget(inp, meter)
         decoder = QuietStarDecoder(
             ctx.engine,
             meter,
@@ -55,7 +54,12 @@ class QuietStar(Method):
             seed_base=(inp.sampling.seed or 0) + index,
             request_id=ctx.prompt_id,
             choice_id=f"{ctx.prompt_id}-{index}",  # one sequence: one replica's cache
+            watch=budget,  # sees every engine step of the call in flight
         )
+        if budget is not None:
+            # A spent budget stops the sequence within one engine step (the call is aborted),
+            # and the rest is not decoded plainly either: the budget bounds compute.
+            budget.on_spent = decoder.stop
         text = IncrementalText(ctx.engine.tokenizer, inp.sampling.stop)
         stop_ids = decoder.stop_token_ids  # EOS (and BOS for a checkpoint) unless ignore_eos
         thoughts: list[str] = []
@@ -63,9 +67,6 @@ class QuietStar(Method):
         step_ids: list[list[int]] = []
         finish = "length"
         produced = 0
-        budget = ctx.choice_budget(inp, meter)
-        if budget is not None:  # talk + thought tokens, as they stream
-            budget.tokens_spent = lambda: produced + meter.thought_tokens
         # Closing the decoder aborts (and charges) the engine request still in flight.
         async with aclosing(
             decoder.tokens(inp.prompt_token_ids, inp.sampling.max_tokens)
@@ -83,9 +84,7 @@ class QuietStar(Method):
                 if stopped or delta.stopped_by is not None or piece.eos:
                     finish = "stop"
                     break
-                # A spent budget stops the sequence (closing the decoder aborts its call):
-                # the budget bounds compute, so the rest is not decoded plainly either.
-                if budget is not None and budget.check() is not None:
+                if budget is not None and budget.check() is not None:  # e.g. out of seconds
                     break
         ctx.details.setdefault("quiet_star", []).append(
             {

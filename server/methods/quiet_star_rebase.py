@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
+from server.core.budget import CallWatch
 from server.core.requests import MethodInput, RequestWork
 from server.engines.base import PolicyEngine
 from server.methods.base import MethodContext
@@ -26,8 +27,6 @@ from server.rebase.params import RebaseParams
 
 class QuietStarRebase(Rebase):
     name = "quiet_star+rebase"
-    # Its steps are charged when they end: only a deadline can cut them mid-step yet.
-    budget_kinds = frozenset({"seconds"})
     parameter_blocks: ClassVar[dict[str, type[BaseModel]]] = {
         "rebase": RebaseParams,
         "quiet_star": QuietStarParams,
@@ -57,6 +56,7 @@ class QuietStarRebase(Rebase):
         seed: int | None,
         choice_id: str | None = None,
         priority: int = 0,
+        watch: CallWatch | None = None,
     ) -> GeneratedStep:
         # `priority` (vLLM's) is not passed on: the Quiet-STaR decoder makes one engine request
         # per token, so the gateway-side order of the REBASE scheduler is what ranks its work.
@@ -69,6 +69,7 @@ class QuietStarRebase(Rebase):
             seed_base=seed or 0,
             request_id=ctx.prompt_id,
             choice_id=choice_id,
+            watch=watch,  # the tree's budget: it halts the search, which cancels this step
         )
         text = IncrementalText(ctx.engine.tokenizer, stops)
         stop_ids = decoder.stop_token_ids

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -27,6 +27,7 @@ from vllm.sampling_params import RequestOutputKind
 
 from server.core import metrics
 from server.core.answers import extract_answer
+from server.core.budget import CallWatch
 from server.core.errors import APIError
 from server.core.request_ids import engine_request_id
 from server.core.requests import ChoiceDelta, MethodInput, RequestWork
@@ -94,21 +95,21 @@ class Rebase(Method):
         seed: int | None,
         choice_id: str | None = None,
         priority: int = 0,
-        progress: Progress | None = None,
+        watch: CallWatch | None = None,
     ) -> GeneratedStep:
         """One step: plain sampling up to a stop string (kept in the text) or `max_tokens`.
         Subclasses decode steps differently (quiet_star+rebase thinks). `choice_id` is the
         tree's: all its calls share one replica's prefix cache (docs/scaling.md). `priority`
         is vLLM's (lower runs first; it matters only with the engine's priority policy).
-        `progress(cached, generated)` after every engine step (DELTA outputs), for a budget
-        that must cut a step within one token; without it, one output at the end."""
+        `watch` (a budget) sees the call after every engine step (DELTA outputs), so it can
+        cut a step within one token; without it, one output at the end."""
         params = inp.sampling.to_vllm(
             max_tokens=max_tokens,
             stop=stops,
             include_stop_str_in_output=True,
             seed=seed,
             output_kind=RequestOutputKind.FINAL_ONLY
-            if progress is None
+            if watch is None
             else RequestOutputKind.DELTA,
             logprobs=None,
         )
@@ -120,13 +121,18 @@ class Rebase(Method):
             prompt, params, ctx.meter, request_id=request_id, choice_id=choice_id,
             priority=priority,
         )  # fmt: skip
-        async with aclosing(call) as outputs:
-            async for output in outputs:
-                out = output.outputs[0]
-                token_ids += out.token_ids
-                text.append(out.text)
-                if progress is not None:
-                    progress(getattr(output, "num_cached_tokens", None) or 0, len(token_ids))
+        try:
+            async with aclosing(call) as outputs:
+                async for output in outputs:
+                    out = output.outputs[0]
+                    token_ids += out.token_ids
+                    text.append(out.text)
+                    if watch is not None:
+                        cached = getattr(output, "num_cached_tokens", None) or 0
+                        watch.progress(call, len(prompt), cached, len(token_ids))
+        finally:
+            if watch is not None:
+                watch.done(call)  # charged now (an aborted step too)
         return GeneratedStep(token_ids, "".join(text), out.finish_reason, out.stop_reason)
 
     async def _search(
@@ -150,10 +156,6 @@ def tree_seeds(seed: int | None, index: int) -> Iterator[int]:
     tree for the same request seed, and (as with `n` baseline choices) a different tree per
     choice. Tree 0's stream does not depend on `n`."""
     return call_seeds(seed or 0, index * SEEDS_PER_TREE)
-
-
-# progress(cached prompt tokens, tokens generated so far) of a running step.
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -194,6 +196,8 @@ class _SearchDriver:
         # The request's budget for this tree (server/core/budget.py): a spent budget halts the
         # search, which answers from what it has.
         self.budget = ctx.choice_budget(inp, self.meter)
+        if self.budget is not None:
+            self.budget.on_spent = self._halt
         self._halted = asyncio.Event()
         self._deadline: asyncio.TimerHandle | None = None
         if self.budget is not None and (left := self.budget.seconds_left()) is not None:
@@ -248,18 +252,13 @@ class _SearchDriver:
             self.budget.cut = "seconds"
         self._halt()
 
-    def _step_progress(self, call: object, prompt: int) -> Progress | None:
-        """A running step's progress hook when the budget counts FLOPs or tokens."""
+    def _step_watch(self) -> CallWatch | None:
+        """What watches a running step: the budget, when it counts FLOPs or tokens (a spent
+        budget halts the search: `on_spent`)."""
         budget = self.budget
         if budget is None or (budget.limit.flops is None and budget.limit.tokens is None):
             return None
-
-        def progress(cached: int, generated: int) -> None:
-            budget.progress(call, prompt, cached, generated)
-            if budget.check() is not None:
-                self._halt()
-
-        return progress
+        return budget
 
     async def _expand_one(self, node: Node, seed: int) -> Node:
         child = await self._generate_step(node, seed)
@@ -284,13 +283,7 @@ class _SearchDriver:
         kv = None
         if self.kv_layout is not None:
             kv = expansion_cost(node, len(prompt), max_tokens, self.kv_layout[1])
-        call = object()
-        progress = self._step_progress(call, len(prompt))
-        try:
-            step = await self._run_step(prompt, depth, max_tokens, seed, progress, kv)
-        finally:
-            if self.budget is not None:
-                self.budget.done(call)  # charged now (a cut step too)
+        step = await self._run_step(prompt, depth, max_tokens, seed, self._step_watch(), kv)
         if self.budget is not None and self.budget.check() is not None:
             self._halt()
         self.tree_tokens += len(step.token_ids)
@@ -319,7 +312,7 @@ class _SearchDriver:
         depth: int,
         max_tokens: int,
         seed: int,
-        progress: Progress | None,
+        watch: CallWatch | None,
         kv: KvCost | None,
     ) -> GeneratedStep:
         """One step through the scheduler."""
@@ -334,7 +327,7 @@ class _SearchDriver:
                 seed=seed if self.inp.sampling.seed is not None else None,
                 choice_id=self.choice_id,
                 priority=self._engine_priority() if self.prioritised else 0,
-                **({"progress": progress} if progress is not None else {}),
+                watch=watch,
             ),
             self.method.name,
             rank=self._rank(depth),

@@ -33,6 +33,7 @@ from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from kernels.quiet_star.spec import QuietStarSpec, step_positions
+from server.core.budget import CallWatch
 from server.core.errors import APIError
 from server.core.request_ids import engine_request_id
 from server.core.requests import SamplingSpec
@@ -84,8 +85,13 @@ class QuietStarDecoder:
         seed_base: int,
         request_id: str,
         choice_id: str | None = None,
+        watch: CallWatch | None = None,
     ) -> None:
         self.engine, self.meter, self.params, self.sampling = engine, meter, params, sampling
+        # A budget's view of the engine call in flight: every output is reported, so the
+        # budget can stop the sequence within one engine step (server/core/budget.py).
+        self.watch = watch
+        self._stopped = False
         self.request_id = request_id  # the prompt's: engine request ids derive from it
         # Every call of this sequence extends one context: one replica's prefix cache.
         self.choice_id = choice_id
@@ -129,6 +135,19 @@ class QuietStarDecoder:
         self._seeds = call_seeds(seed_base)
         self.engine_calls = 0
         self.truncated = False  # stopped because the next step would pass max_model_len
+
+    def stop(self) -> None:
+        """Stop after the engine output being read: its call is aborted (and charged), a
+        partial thinking step is dropped and no further call starts. A budget calls this."""
+        self._stopped = True
+
+    def _report(
+        self, call: object, prompt: int, output: object, generated: int, steps: int | None = None
+    ) -> None:
+        """Tell the watch (if any) how far the call in flight is, priced as its charge will be."""
+        if self.watch is not None:
+            cached = getattr(output, "num_cached_tokens", None) or 0
+            self.watch.progress(call, prompt, cached, generated, rollback_steps=steps)
 
     @property
     def steps(self) -> int:
@@ -198,9 +217,13 @@ class QuietStarDecoder:
             detokenize=False,
             skip_special_tokens=False,
             extra_args=spec.to_extra_args(),
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            # one output per engine step when a budget watches, else only the last
+            output_kind=RequestOutputKind.FINAL_ONLY
+            if self.watch is None
+            else RequestOutputKind.DELTA,
         )
-        final = None
+        tokens: list[int] = []
+        logprobs_seen: list[dict] = []
         call = self.engine.generate(
             context_ids,
             params,
@@ -208,20 +231,27 @@ class QuietStarDecoder:
             request_id=engine_request_id(self.request_id),
             choice_id=self.choice_id,
         )
-        async with aclosing(call) as outputs:
-            async for output in outputs:
-                final = output
+        try:
+            async with aclosing(call) as outputs:
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    tokens += completion.token_ids
+                    logprobs_seen += completion.logprobs or []
+                    self._report(call, len(context_ids), output, len(tokens))
+                    if self._stopped:
+                        break
+        finally:
+            if self.watch is not None:
+                self.watch.done(call)
         self.engine_calls += 1
-        completion = final.outputs[0]
-        tokens = list(completion.token_ids)
         self.meter.add_thought_tokens(min(len(tokens), spec.thought_steps))
-        if len(tokens) != spec.steps:
+        if len(tokens) != spec.steps:  # cut short (by the engine, or by `stop`)
             return None
         _check_talk(spec, tokens[-1])
         s = len(spec.start_token_ids)
         logprobs = None
-        if self.sampling.logprobs is not None and completion.logprobs:
-            logprobs = [_finite(completion.logprobs[-1])]
+        if self.sampling.logprobs is not None and logprobs_seen:
+            logprobs = [_finite(logprobs_seen[-1])]
         return Piece(
             [tokens[-1]], [tokens[s : s + spec.thought_tokens]], [tokens], logprobs=logprobs
         )
@@ -263,29 +293,38 @@ class QuietStarDecoder:
             choice_id=self.choice_id,
             rollback_steps=steps,
         )
-        async with aclosing(call) as outputs:  # a caller that stops early aborts the call
-            async for output in outputs:
-                completion = output.outputs[0]
-                finish = completion.finish_reason
-                pieces: list[Piece] = []
-                for k, token in enumerate(completion.token_ids):
-                    round_ids.append(token)
-                    if len(round_ids) < steps:
-                        continue
-                    _check_talk(spec, token)
-                    logprobs = None
-                    if self.sampling.logprobs is not None and completion.logprobs:
-                        logprobs = [_finite(completion.logprobs[k])]
-                    pieces.append(
-                        Piece([token], [round_ids[s : s + t]], [round_ids], logprobs=logprobs)
-                    )
-                    self.meter.add_thought_tokens(steps - 1)
-                    round_ids = []
-                for piece in pieces:
-                    produced += 1
-                    yield piece
+        generated = 0
+        try:
+            async with aclosing(call) as outputs:  # a caller that stops early aborts the call
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    finish = completion.finish_reason
+                    generated += len(completion.token_ids)
+                    self._report(call, len(context_ids), output, generated, steps)
+                    pieces: list[Piece] = []
+                    for k, token in enumerate(completion.token_ids):
+                        round_ids.append(token)
+                        if len(round_ids) < steps:
+                            continue
+                        _check_talk(spec, token)
+                        logprobs = None
+                        if self.sampling.logprobs is not None and completion.logprobs:
+                            logprobs = [_finite(completion.logprobs[k])]
+                        pieces.append(
+                            Piece([token], [round_ids[s : s + t]], [round_ids], logprobs=logprobs)
+                        )
+                        self.meter.add_thought_tokens(steps - 1)
+                        round_ids = []
+                    for piece in pieces:
+                        produced += 1
+                        yield piece
+                    if self._stopped:  # the tokens read are kept; the rest is aborted
+                        break
+        finally:
+            if self.watch is not None:
+                self.watch.done(call)
         self.meter.add_thought_tokens(len(round_ids))  # a round the engine cut short
-        if finish == "length" and produced < max_tokens:
+        if finish == "length" and produced < max_tokens and not self._stopped:
             self.truncated = True  # the next step would not have fit in max_model_len
 
     async def plain(
@@ -310,19 +349,28 @@ class QuietStarDecoder:
             request_id=engine_request_id(self.request_id),
             choice_id=self.choice_id,
         )
-        async with aclosing(call) as outputs:  # a caller that stops early aborts the call
-            async for output in outputs:
-                completion = output.outputs[0]
-                ended = completion.finish_reason == "stop" and not isinstance(
-                    completion.stop_reason, str
-                )
-                ids = list(completion.token_ids)
-                step_end = isinstance(completion.stop_reason, str)
-                if ids or ended or step_end:
-                    logprobs = None
-                    if completion.logprobs:
-                        logprobs = [_finite(top) for top in completion.logprobs]
-                    yield Piece(ids, eos=ended, step_end=step_end, logprobs=logprobs)
+        generated = 0
+        try:
+            async with aclosing(call) as outputs:  # a caller that stops early aborts the call
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    ended = completion.finish_reason == "stop" and not isinstance(
+                        completion.stop_reason, str
+                    )
+                    ids = list(completion.token_ids)
+                    generated += len(ids)
+                    self._report(call, len(context_ids), output, generated)
+                    step_end = isinstance(completion.stop_reason, str)
+                    if ids or ended or step_end:
+                        logprobs = None
+                        if completion.logprobs:
+                            logprobs = [_finite(top) for top in completion.logprobs]
+                        yield Piece(ids, eos=ended, step_end=step_end, logprobs=logprobs)
+                    if self._stopped:
+                        break
+        finally:
+            if self.watch is not None:
+                self.watch.done(call)
 
     async def tokens(
         self, prompt_ids: list[int], max_tokens: int, step_ends: list[str] | None = None
@@ -347,7 +395,7 @@ class QuietStarDecoder:
                     yield piece
             return
         at_step_start = True
-        while len(visible) < max_tokens:
+        while len(visible) < max_tokens and not self._stopped:
             room = limit - len(context) - len(visible)
             if self.params.think == "every_token" or at_step_start:
                 if room < self.steps:  # the talk token would need positions past the limit
@@ -355,7 +403,7 @@ class QuietStarDecoder:
                     return
                 piece = await self.think_one(context + visible, len(visible))
                 if piece is None:
-                    self.truncated = True
+                    self.truncated = not self._stopped  # else a budget stopped it
                     return
                 visible += piece.token_ids
                 yield piece

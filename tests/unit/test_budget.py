@@ -56,3 +56,24 @@ def test_tokens_and_seconds_limits() -> None:
     assert late.check() == "seconds" and late.seconds_left() < 0
     report = late.report("cmpl-x-p0-0")
     assert report["cut"] == "seconds" and report["limit"] == {"seconds": 1.0}
+
+
+def test_a_running_quiet_star_call_is_priced_with_its_rollbacks() -> None:
+    """A continuation call's thoughts are rolled back, so its tokens sit at shorter contexts
+    than a plain call's: the running price must be the one its final charge will be."""
+    steps = 4  # s + t + e + 1 positions per talk token (a 2-token thought)
+    budget = ChoiceBudget(Budget(tokens=1000), UsageMeter(FLOPS))
+    budget.progress("call", 20, 0, 12, rollback_steps=steps)
+    rolled_back = FLOPS.request_flops(20, 0, 12, rollback_steps=steps).executed
+    assert budget.spent()["flops"] == rolled_back < FLOPS.request_flops(20, 0, 12).executed
+
+
+def test_the_first_check_that_finds_the_budget_spent_calls_on_spent_once() -> None:
+    stops: list[str] = []
+    budget = ChoiceBudget(Budget(tokens=3), UsageMeter(FLOPS), on_spent=lambda: stops.append("x"))
+    budget.progress("a", 1, 0, 2)  # progress checks the budget itself
+    assert stops == [] and budget.cut is None
+    budget.progress("a", 1, 0, 3)
+    assert stops == ["x"] and budget.cut == "tokens"
+    budget.progress("a", 1, 0, 4)
+    assert budget.check() == "tokens" and stops == ["x"]  # the method was told once

@@ -180,7 +180,7 @@ class _FakeStepRebase(Rebase):
     seed-dependent time, so steps finish in a different order from the one they started in."""
 
     async def generate_step(
-        self, ctx, inp, prompt, *, max_tokens, stops, seed, choice_id=None, priority=0
+        self, ctx, inp, prompt, *, max_tokens, stops, seed, choice_id=None, priority=0, watch=None
     ):
         digest = hashlib.sha256(f"{prompt}|{seed}".encode()).digest()
         await asyncio.sleep(digest[0] / 255 * 0.004)

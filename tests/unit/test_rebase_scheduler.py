@@ -174,7 +174,7 @@ class _OneStepRebase(Rebase):
     """Every step states an answer at once, so each tree is one level (no engine)."""
 
     async def generate_step(
-        self, ctx, inp, prompt, *, max_tokens, stops, seed, choice_id=None, priority=0
+        self, ctx, inp, prompt, *, max_tokens, stops, seed, choice_id=None, priority=0, watch=None
     ) -> GeneratedStep:
         return GeneratedStep([5, 6], "The answer is 7", "length", None)
 
