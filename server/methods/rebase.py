@@ -108,9 +108,7 @@ class Rebase(Method):
             stop=stops,
             include_stop_str_in_output=True,
             seed=seed,
-            output_kind=RequestOutputKind.FINAL_ONLY
-            if watch is None
-            else RequestOutputKind.DELTA,
+            output_kind=RequestOutputKind.FINAL_ONLY if watch is None else RequestOutputKind.DELTA,
             logprobs=None,
         )
         token_ids: list[int] = []
