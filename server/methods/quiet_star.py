@@ -84,8 +84,6 @@ class QuietStar(Method):
                 if stopped or delta.stopped_by is not None or piece.eos:
                     finish = "stop"
                     break
-                if budget is not None and budget.check() is not None:  # e.g. out of seconds
-                    break
         ctx.details.setdefault("quiet_star", []).append(
             {
                 "request": f"{ctx.prompt_id}-{index}",

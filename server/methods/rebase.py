@@ -282,8 +282,8 @@ class _SearchDriver:
         if self.kv_layout is not None:
             kv = expansion_cost(node, len(prompt), max_tokens, self.kv_layout[1])
         step = await self._run_step(prompt, depth, max_tokens, seed, self._step_watch(), kv)
-        if self.budget is not None and self.budget.check() is not None:
-            self._halt()
+        if self.budget is not None:
+            self.budget.check()  # the step's final charge may spend it: `on_spent` halts
         self.tree_tokens += len(step.token_ids)
         path_tokens = node.path_tokens + len(step.token_ids)
         child = Node(
