@@ -10,9 +10,10 @@ engine step of crossing the budget (docs/architecture.md, "Budgets").
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -58,6 +59,35 @@ class CallWatch(Protocol):
     ) -> None: ...
 
     def done(self, call: object) -> None: ...
+
+
+Output = TypeVar("Output", bound=Any)  # vLLM's RequestOutput, or the remote engine's
+
+
+async def watched(
+    call: AsyncIterator[Output],
+    watch: CallWatch | None,
+    prompt: int,
+    *,
+    rollback_steps: int | None = None,
+) -> AsyncIterator[Output]:
+    """An engine call's outputs, each reported to `watch` before it is handed on, and `done`
+    once the call is closed and charged (closing this closes the call, which aborts it). The
+    outputs must be DELTA ones when watched: `generated` is their running sum. A finished
+    output is not reported: its call is charged as it ends, and a choice that ended by itself
+    is not cut."""
+    generated = 0
+    try:
+        async with aclosing(call) as outputs:
+            async for output in outputs:
+                generated += len(output.outputs[0].token_ids)
+                if watch is not None and not output.finished:
+                    cached = getattr(output, "num_cached_tokens", None) or 0
+                    watch.progress(call, prompt, cached, generated, rollback_steps=rollback_steps)
+                yield output
+    finally:
+        if watch is not None:
+            watch.done(call)
 
 
 @dataclass

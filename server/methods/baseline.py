@@ -7,6 +7,7 @@ from contextlib import aclosing
 
 from vllm.sampling_params import RequestOutputKind
 
+from server.core.budget import watched
 from server.core.requests import ChoiceDelta, MethodInput
 from server.methods.base import Method, MethodContext, record_budget
 from server.methods.streams import merge_streams
@@ -33,15 +34,13 @@ class Baseline(Method):
         request_id = f"{ctx.prompt_id}-{index}"
         calls = ctx.engine.generate(inp.prompt_token_ids, params, meter, request_id=request_id)
         generated = 0
-        async with aclosing(calls) as outputs:  # closed (charged) when the consumer stops
+        # closed (charged) when the consumer stops; a budget sees every engine step
+        outputs = watched(calls, budget, len(inp.prompt_token_ids))
+        async with aclosing(outputs):
             async for output in outputs:
                 completion = output.outputs[0]
                 generated += len(completion.token_ids)
-                cut = None
-                if budget is not None and not output.finished:
-                    cached = getattr(output, "num_cached_tokens", None) or 0
-                    budget.progress(request_id, len(inp.prompt_token_ids), cached, generated)
-                    cut = budget.check()
+                cut = budget.cut if budget is not None and not output.finished else None
                 finished = output.finished or cut is not None
                 yield ChoiceDelta(
                     index=index,
@@ -60,7 +59,6 @@ class Baseline(Method):
                 if cut is not None:
                     break  # closing the call aborts it, within one engine step of the cut
         if budget is not None:
-            budget.done(request_id)
             tokens = budget.limit.tokens
             if tokens is not None and tokens < inp.sampling.max_tokens and generated >= tokens:
                 budget.cut = budget.cut or "tokens"

@@ -27,7 +27,7 @@ from vllm.sampling_params import RequestOutputKind
 
 from server.core import metrics
 from server.core.answers import extract_answer
-from server.core.budget import CallWatch
+from server.core.budget import CallWatch, watched
 from server.core.errors import APIError
 from server.core.request_ids import engine_request_id
 from server.core.requests import ChoiceDelta, MethodInput, RequestWork
@@ -119,18 +119,12 @@ class Rebase(Method):
             prompt, params, ctx.meter, request_id=request_id, choice_id=choice_id,
             priority=priority,
         )  # fmt: skip
-        try:
-            async with aclosing(call) as outputs:
-                async for output in outputs:
-                    out = output.outputs[0]
-                    token_ids += out.token_ids
-                    text.append(out.text)
-                    if watch is not None:
-                        cached = getattr(output, "num_cached_tokens", None) or 0
-                        watch.progress(call, len(prompt), cached, len(token_ids))
-        finally:
-            if watch is not None:
-                watch.done(call)  # charged now (an aborted step too)
+        outputs = watched(call, watch, len(prompt))
+        async with aclosing(outputs):  # a cancelled step aborts (and charges) its call
+            async for output in outputs:
+                out = output.outputs[0]
+                token_ids += out.token_ids
+                text.append(out.text)
         return GeneratedStep(token_ids, "".join(text), out.finish_reason, out.stop_reason)
 
     async def _search(

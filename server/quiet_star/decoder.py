@@ -33,7 +33,7 @@ from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from kernels.quiet_star.spec import QuietStarSpec, step_positions
-from server.core.budget import CallWatch
+from server.core.budget import CallWatch, watched
 from server.core.errors import APIError
 from server.core.request_ids import engine_request_id
 from server.core.requests import SamplingSpec
@@ -141,14 +141,6 @@ class QuietStarDecoder:
         partial thinking step is dropped and no further call starts. A budget calls this."""
         self._stopped = True
 
-    def _report(
-        self, call: object, prompt: int, output: object, generated: int, steps: int | None = None
-    ) -> None:
-        """Tell the watch (if any) how far the call in flight is, priced as its charge will be."""
-        if self.watch is not None:
-            cached = getattr(output, "num_cached_tokens", None) or 0
-            self.watch.progress(call, prompt, cached, generated, rollback_steps=steps)
-
     @property
     def steps(self) -> int:
         """Engine steps of one thinking token (start, thought, end, talk)."""
@@ -231,18 +223,14 @@ class QuietStarDecoder:
             request_id=engine_request_id(self.request_id),
             choice_id=self.choice_id,
         )
-        try:
-            async with aclosing(call) as outputs:
-                async for output in outputs:
-                    completion = output.outputs[0]
-                    tokens += completion.token_ids
-                    logprobs_seen += completion.logprobs or []
-                    self._report(call, len(context_ids), output, len(tokens))
-                    if self._stopped:
-                        break
-        finally:
-            if self.watch is not None:
-                self.watch.done(call)
+        outputs = watched(call, self.watch, len(context_ids))
+        async with aclosing(outputs):
+            async for output in outputs:
+                completion = output.outputs[0]
+                tokens += completion.token_ids
+                logprobs_seen += completion.logprobs or []
+                if self._stopped:
+                    break
         self.engine_calls += 1
         self.meter.add_thought_tokens(min(len(tokens), spec.thought_steps))
         if len(tokens) != spec.steps:  # cut short (by the engine, or by `stop`)
@@ -293,36 +281,30 @@ class QuietStarDecoder:
             choice_id=self.choice_id,
             rollback_steps=steps,
         )
-        generated = 0
-        try:
-            async with aclosing(call) as outputs:  # a caller that stops early aborts the call
-                async for output in outputs:
-                    completion = output.outputs[0]
-                    finish = completion.finish_reason
-                    generated += len(completion.token_ids)
-                    self._report(call, len(context_ids), output, generated, steps)
-                    pieces: list[Piece] = []
-                    for k, token in enumerate(completion.token_ids):
-                        round_ids.append(token)
-                        if len(round_ids) < steps:
-                            continue
-                        _check_talk(spec, token)
-                        logprobs = None
-                        if self.sampling.logprobs is not None and completion.logprobs:
-                            logprobs = [_finite(completion.logprobs[k])]
-                        pieces.append(
-                            Piece([token], [round_ids[s : s + t]], [round_ids], logprobs=logprobs)
-                        )
-                        self.meter.add_thought_tokens(steps - 1)
-                        round_ids = []
-                    for piece in pieces:
-                        produced += 1
-                        yield piece
-                    if self._stopped:  # the tokens read are kept; the rest is aborted
-                        break
-        finally:
-            if self.watch is not None:
-                self.watch.done(call)
+        outputs = watched(call, self.watch, len(context_ids), rollback_steps=steps)
+        async with aclosing(outputs):  # a caller that stops early aborts the call
+            async for output in outputs:
+                completion = output.outputs[0]
+                finish = completion.finish_reason
+                pieces: list[Piece] = []
+                for k, token in enumerate(completion.token_ids):
+                    round_ids.append(token)
+                    if len(round_ids) < steps:
+                        continue
+                    _check_talk(spec, token)
+                    logprobs = None
+                    if self.sampling.logprobs is not None and completion.logprobs:
+                        logprobs = [_finite(completion.logprobs[k])]
+                    pieces.append(
+                        Piece([token], [round_ids[s : s + t]], [round_ids], logprobs=logprobs)
+                    )
+                    self.meter.add_thought_tokens(steps - 1)
+                    round_ids = []
+                for piece in pieces:
+                    produced += 1
+                    yield piece
+                if self._stopped:  # the tokens read are kept; the rest is aborted
+                    break
         self.meter.add_thought_tokens(len(round_ids))  # a round the engine cut short
         if finish == "length" and produced < max_tokens and not self._stopped:
             self.truncated = True  # the next step would not have fit in max_model_len
@@ -349,28 +331,22 @@ class QuietStarDecoder:
             request_id=engine_request_id(self.request_id),
             choice_id=self.choice_id,
         )
-        generated = 0
-        try:
-            async with aclosing(call) as outputs:  # a caller that stops early aborts the call
-                async for output in outputs:
-                    completion = output.outputs[0]
-                    ended = completion.finish_reason == "stop" and not isinstance(
-                        completion.stop_reason, str
-                    )
-                    ids = list(completion.token_ids)
-                    generated += len(ids)
-                    self._report(call, len(context_ids), output, generated)
-                    step_end = isinstance(completion.stop_reason, str)
-                    if ids or ended or step_end:
-                        logprobs = None
-                        if completion.logprobs:
-                            logprobs = [_finite(top) for top in completion.logprobs]
-                        yield Piece(ids, eos=ended, step_end=step_end, logprobs=logprobs)
-                    if self._stopped:
-                        break
-        finally:
-            if self.watch is not None:
-                self.watch.done(call)
+        outputs = watched(call, self.watch, len(context_ids))
+        async with aclosing(outputs):  # a caller that stops early aborts the call
+            async for output in outputs:
+                completion = output.outputs[0]
+                ended = completion.finish_reason == "stop" and not isinstance(
+                    completion.stop_reason, str
+                )
+                ids = list(completion.token_ids)
+                step_end = isinstance(completion.stop_reason, str)
+                if ids or ended or step_end:
+                    logprobs = None
+                    if completion.logprobs:
+                        logprobs = [_finite(top) for top in completion.logprobs]
+                    yield Piece(ids, eos=ended, step_end=step_end, logprobs=logprobs)
+                if self._stopped:
+                    break
 
     async def tokens(
         self, prompt_ids: list[int], max_tokens: int, step_ends: list[str] | None = None

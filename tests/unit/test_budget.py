@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import aclosing
+from types import SimpleNamespace
+
 import pytest
 from pydantic import ValidationError
 
-from server.core.budget import Budget, ChoiceBudget
+from server.core.budget import Budget, ChoiceBudget, watched
 from server.core.flops import FlopsModel
 from server.core.usage import UsageMeter
 
@@ -77,3 +81,49 @@ def test_the_first_check_that_finds_the_budget_spent_calls_on_spent_once() -> No
     assert stops == ["x"] and budget.cut == "tokens"
     budget.progress("a", 1, 0, 4)
     assert budget.check() == "tokens" and stops == ["x"]  # the method was told once
+
+
+def test_watched_reports_each_unfinished_output_and_ends_with_done() -> None:
+    """The one loop every engine call of a budgeted choice goes through: DELTA outputs summed,
+    the finished output left to the call's own charge, `done` after the call is closed, also
+    when the consumer stops early (which must close, i.e. abort, the call)."""
+    events: list[tuple] = []
+    closed: list[bool] = []
+
+    class Watch:
+        def progress(self, call, prompt, cached, generated, *, rollback_steps=None) -> None:
+            events.append(("progress", prompt, cached, generated, rollback_steps))
+
+        def done(self, call) -> None:
+            events.append(("done", bool(closed)))
+
+    def output(tokens: int, finished: bool = False) -> SimpleNamespace:
+        completion = SimpleNamespace(token_ids=list(range(tokens)))
+        return SimpleNamespace(outputs=[completion], finished=finished, num_cached_tokens=3)
+
+    async def call(outputs):
+        try:
+            for item in outputs:
+                yield item
+        finally:
+            closed.append(True)
+
+    async def consume(outputs, stop_after: int | None = None) -> int:
+        seen = 0
+        stream = watched(call(outputs), Watch(), 10, rollback_steps=4)
+        async with aclosing(stream):
+            async for _ in stream:
+                seen += 1
+                if seen == stop_after:
+                    break
+        return seen
+
+    assert asyncio.run(consume([output(1), output(2), output(1, finished=True)])) == 3
+    assert events == [
+        ("progress", 10, 3, 1, 4),
+        ("progress", 10, 3, 3, 4),
+        ("done", True),  # the finished output is not reported; done follows the close
+    ]
+    events.clear(), closed.clear()
+    assert asyncio.run(consume([output(1), output(1), output(1)], stop_after=1)) == 1
+    assert events == [("progress", 10, 3, 1, 4), ("done", True)]  # stopped early: closed
