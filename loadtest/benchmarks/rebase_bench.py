@@ -53,8 +53,11 @@ from loadtest.harness.rounds import run_rounds
 from loadtest.harness.servers import REPO, start_gateway
 from loadtest.harness.tables import fmt, fmt_spread, markdown_table
 from server.core.answers import answers_match
+from server.rebase.params import AdaptiveStop
 
-CONFIG_RE = re.compile(r"^(priority|fair|direct)(\d+)(?:-share(\d+))?(?:-(off|exact|c\d\d))?$")
+CONFIG_RE = re.compile(
+    r"^(priority|fair|direct)(\d+)(?:-share(\d+))?(?:-(off|exact|c\d\d)(?:-w(\d+))?)?$"
+)
 RUNNING_GAUGE = "vllm:num_requests_running"
 ENGINE_COUNTERS = (
     "vllm:prompt_tokens_total",
@@ -77,17 +80,22 @@ def config_min_share(name: str) -> int | None:
 def config_early_stop(name: str) -> dict[str, Any] | None:
     """``fair16-exact`` -> the REBASE block's early-stop fields: ``-off`` runs the full search
     in shadow mode (where each rule would have stopped, docs/architecture.md, "Early
-    stopping"), ``-exact`` the exact rule, ``-c95`` the adaptive one at confidence 0.95. None:
-    the server's default."""
+    stopping"), ``-exact`` the exact rule, ``-c95`` the adaptive one at confidence 0.95 (its
+    default window), ``-c95-w16`` with a window of 16 expansions. None: the server's default."""
     _match_config(name)
-    suffix = CONFIG_RE.match(name).group(4)  # type: ignore[union-attr]
+    m = CONFIG_RE.match(name)
+    suffix, window = m.group(4), m.group(5)  # type: ignore[union-attr]
     if suffix is None:
         return None
+    if window is not None and not suffix.startswith("c"):
+        raise ValueError(f"a window (-w) goes with an adaptive rule (-c95-w16), got {name!r}")
     if suffix == "off":
         return {"early_stop": "off", "shadow_stop": True}
     if suffix == "exact":
         return {"early_stop": "exact"}
-    return {"early_stop": {"confidence": int(suffix[1:]) / 100}}
+    default_window = AdaptiveStop.model_fields["window"].default
+    window_size = default_window if window is None else int(window)
+    return {"early_stop": {"confidence": int(suffix[1:]) / 100, "window": window_size}}
 
 
 def _match_config(name: str) -> tuple[str, int, int | None]:
@@ -95,7 +103,7 @@ def _match_config(name: str) -> tuple[str, int, int | None]:
     if m is None or (m.group(3) is not None and m.group(1) != "priority"):
         raise ValueError(
             "config must look like priority16, priority16-share0, fair8, direct16 or "
-            f"fair16-exact (early stop: -off, -exact, -c90), got {name!r}"
+            f"fair16-exact (early stop: -off, -exact, -c90, -c90-w16), got {name!r}"
         )
     return m.group(1), int(m.group(2)), None if m.group(3) is None else int(m.group(3))
 
@@ -342,6 +350,8 @@ def _early_stop_label(fields: dict[str, Any] | None) -> str:
         return "server default"
     rule = fields["early_stop"]
     label = f"confidence {rule['confidence']:g}" if isinstance(rule, dict) else rule
+    if isinstance(rule, dict) and rule.get("window") is not None:
+        label += f", window {rule['window']}"
     return label + (" (shadow)" if fields.get("shadow_stop") else "")
 
 

@@ -38,7 +38,7 @@ from server.methods.streams import merge_streams
 from server.rebase.aggregation import aggregate, voting_leaves
 from server.rebase.early_stop import EarlyStopMonitor
 from server.rebase.kv import expansion_cost
-from server.rebase.params import RebaseParams, early_stop_label
+from server.rebase.params import AdaptiveStop, RebaseParams, early_stop_label
 from server.rebase.scheduler import KvCost, PriorityScheduler
 from server.rebase.search import SearchResult, rebase_search
 from server.rebase.steps import StepFormat
@@ -204,6 +204,14 @@ class _SearchDriver:
         self.eager = isinstance(self.scheduler, PriorityScheduler) or (
             params.early_stop != "off" or params.shadow_stop or inp.budget is not None
         )
+        # An adaptive stop samples in windows (AdaptiveStop.window): at most this many of the
+        # tree's expansions run at once, the rest wait in slot order, and a stop withdraws
+        # them before they reach the engine.
+        rule = params.early_stop
+        self.window = (
+            rule.window if isinstance(rule, AdaptiveStop) and not params.shadow_stop else None
+        )
+        self._window = asyncio.Semaphore(self.window) if self.window is not None else None
         self.best: Node | None = None  # the best-scored node so far (answer of a cut search)
         self.started = time.monotonic()
         self.prioritised = isinstance(self.scheduler, PriorityScheduler)
@@ -253,6 +261,12 @@ class _SearchDriver:
         return budget
 
     async def _expand_one(self, node: Node, seed: int) -> Node:
+        if self._window is None:
+            return await self._expand_now(node, seed)
+        async with self._window:  # FIFO: children start in slot order
+            return await self._expand_now(node, seed)
+
+    async def _expand_now(self, node: Node, seed: int) -> Node:
         child = await self._generate_step(node, seed)
         if self.eager:  # no level barrier before scoring (the reference scores per fork)
             await self._score_now([child])
@@ -415,6 +429,7 @@ class _SearchDriver:
                 "votes": votes.votes,
                 "ended": result.ended,
                 "early_stop": early_stop_label(self.params.early_stop),
+                "window": self.window,
                 "remaining_leaves": result.remaining,
                 "spent": spent,
                 "saved_estimate": saved,

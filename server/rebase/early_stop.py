@@ -48,8 +48,8 @@ class EarlyStopMonitor:
         self.shadow: dict[str, dict[str, Any] | None] | None = None
         if params.shadow_stop:
             rules = list(SHADOW_RULES)
-            if self.rule is not None and self.rule not in rules:
-                rules.append(self.rule)
+            if self.rule is not None and _label(self.rule) not in map(_label, rules):
+                rules.append(self.rule)  # shadow records the confidence; windows are real runs
             self.shadow = {_label(r): None for r in rules}
             self._shadow_rules = rules
 

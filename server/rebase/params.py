@@ -15,11 +15,27 @@ from server.rebase.aggregation import Aggregation, VoteLeaves
 
 class AdaptiveStop(BaseModel):
     """Stop once the leader wins with this probability under the Beta-Binomial model of the
-    remaining votes (server/rebase/stopping.py); not exact by design."""
+    remaining votes (server/rebase/stopping.py); not exact by design.
+
+    `window`: how many of the tree's expansions run at once. A level's children run side by
+    side and finish together, so by the time the vote settles most of a level has been
+    prefilled and decoded; a stop then saves only its tail. Sampling in windows, as the
+    adaptive self-consistency rules do (one sample at a time in Adaptive-Consistency, fixed
+    windows in Early-Stopping Self-Consistency), lets the rule stop before the rest of the
+    level starts: children wait their turn in slot order and a stop withdraws them unrun.
+    The trees are the same (seeds are drawn per slot); what it costs is latency when the
+    engine has room for more (docs/architecture.md, "Early stopping")."""
 
     model_config = ConfigDict(extra="forbid")
 
     confidence: float = Field(..., gt=0.5, lt=1.0)
+    window: int | None = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Expansions of one tree running at once (later children start as earlier "
+        "ones end, so a stop never starts them); null: a level's children all start together.",
+    )
 
     @property
     def label(self) -> str:

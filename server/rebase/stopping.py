@@ -12,9 +12,12 @@ unscored and in-flight children count in R).
   winner reaches c, under a stated model of the remaining votes: each of the R future votes
   goes to the leader A or the runner-up B (the others are ignored), with
   ``p(A) ~ Beta(1 + v_A, 1 + v_B)`` (the uniform-prior Beta of Adaptive-Consistency,
-  Aggarwal et al. 2023), v = leaf counts (majority) or weight / M (weighted vote, future
-  leaves assumed to score M). The leader stays the winner when ``v_A + X > v_B + (R - X)``,
-  X ~ Beta-Binomial(R, 1 + v_A, 1 + v_B). Not exact by design.
+  Aggarwal et al. 2023), v = leaf counts (majority) or weight / s̄ (weighted vote; s̄ = the
+  mean score of the answered voting leaves so far, and each future leaf is assumed to add s̄:
+  a plug-in estimate, so a leaf counts as one vote whether it is observed or to come). The
+  leader stays the winner when ``v_A + X > v_B + (R - X)``, X ~ Beta-Binomial(R, 1 + v_A,
+  1 + v_B). Not exact by design: the worst case (every future leaf scoring M) is the exact
+  rule's business.
 
 Both need (i) under ``vote_leaves="finished"`` a finished voting leaf (else a future finished
 leaf would replace the whole electorate) and (ii) a voting leaf with an answer.
@@ -141,8 +144,10 @@ def leader_confidence(
     runner_up = max(others, key=lambda t: (t.count, t.weight) if how == "majority_vote"
                     else (t.weight, t.count), default=_Tally())  # fmt: skip
 
+    scale = _mean_score(tallies)
+
     def votes(t: _Tally) -> float:
-        return float(t.count) if how == "majority_vote" else t.weight / max_score
+        return float(t.count) if how == "majority_vote" or scale <= 0 else t.weight / scale
 
     v_a, v_b = votes(lead), votes(runner_up)
     # A keeps the lead when X (future votes for A) > (v_b + R - v_a) / 2.
@@ -152,6 +157,13 @@ def leader_confidence(
         for x in range(remaining + 1)
         if x > need + _MARGIN
     )
+
+
+def _mean_score(tallies: dict[str, _Tally]) -> float:
+    """The average score of an answered voting leaf: what the model assumes a future leaf
+    adds to the answer it votes for."""
+    count = sum(t.count for t in tallies.values())
+    return sum(t.weight for t in tallies.values()) / count if count else 0.0
 
 
 def settled(

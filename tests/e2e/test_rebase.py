@@ -184,3 +184,42 @@ def test_rebase_without_max_tokens_gets_the_trees_budget(http) -> None:
     stats = data["method_details"]["rebase"][0]
     assert stats["depth"] == 8
     assert data["usage"]["completion_tokens"] == 48
+
+
+# Greedy: all 16 first steps are the same 6 tokens, cut by the path's token cap, so every leaf
+# votes (vote_leaves "all") for the same number, with the same (neutral) score.
+UNANIMOUS_WIDE = rebase_body(
+    prompt="0 1 2 3 4 5 6 7 8",  # the tiny model repeats the last number: " 8 8 8 8 8 8"
+    max_tokens=6,
+    temperature=0.0,
+    rebase={"width": 16, "max_step_tokens": 6, "max_depth": 4, "vote_leaves": "all"},
+)
+
+
+def _unanimous(http, early_stop) -> dict:
+    body = {**UNANIMOUS_WIDE, "rebase": {**UNANIMOUS_WIDE["rebase"], "early_stop": early_stop}}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_an_adaptive_stop_in_windows_never_starts_the_rest_of_the_level(http) -> None:
+    """At the default scheduler cap all 16 children start together without a window, so a stop
+    after three agreeing leaves can only abort the others; with a window of 2 the children
+    beyond it wait, and the stop withdraws them before they reach the engine."""
+    full = _unanimous(http, "off")
+    together = _unanimous(http, {"confidence": 0.9, "window": None})
+    windowed = _unanimous(http, {"confidence": 0.9, "window": 2})
+    trees = [r["method_details"]["rebase"][0] for r in (full, together, windowed)]
+    calls = [r["usage"]["components"]["policy"]["engine_calls"] for r in (full, together, windowed)]
+    assert trees[0]["answer"] is not None and trees[0]["ended"] == "complete"
+    assert all(t["answer"] == trees[0]["answer"] for t in trees)
+    assert trees[1]["ended"] == trees[2]["ended"] == "confident"
+    assert trees[2]["window"] == 2 and trees[1]["window"] is None
+    # Three neutral-scored leaves settle 0.9 with 13 to come (server/rebase/stopping.py): the
+    # window starts at most one more child than that.
+    assert calls[2] <= 4 < calls[0] == 16
+    assert calls[2] < calls[1]
+    # Without the window the 16 identical steps end in the same engine step: the stop comes
+    # when everything has run (the case the window exists for).
+    assert trees[2]["spent"]["flops"] < trees[1]["spent"]["flops"] <= trees[0]["spent"]["flops"]

@@ -19,11 +19,17 @@ def test_early_stop_suffixes() -> None:
     assert parse_config("fair16-exact") == ("fair", 16)
     assert config_early_stop("fair16-off") == {"early_stop": "off", "shadow_stop": True}
     assert config_early_stop("fair16-exact") == {"early_stop": "exact"}
-    assert config_early_stop("priority16-share0-c95") == {"early_stop": {"confidence": 0.95}}
+    # The adaptive rule's window is recorded even when it is the server's default.
+    assert config_early_stop("priority16-share0-c95") == {
+        "early_stop": {"confidence": 0.95, "window": 4}
+    }
+    assert config_early_stop("fair16-c95-w16") == {"early_stop": {"confidence": 0.95, "window": 16}}
     assert config_early_stop("fair16") is None
-    for bad in ("fair16-c9", "fair16-maybe", "fair16-exact-off"):
+    for bad in ("fair16-c9", "fair16-maybe", "fair16-exact-off", "fair16-w4"):
         with pytest.raises(ValueError):
             parse_config(bad)
+    with pytest.raises(ValueError, match="adaptive"):
+        config_early_stop("fair16-exact-w4")
 
 
 def test_easy_arithmetic_is_deterministic_and_its_references_are_right() -> None:

@@ -79,6 +79,28 @@ def test_adaptive_confidence_grows_with_the_margin_and_is_certain_with_nothing_l
     assert 0.0 < p(3, 3, 4) < 0.5  # a tie is no win
 
 
+def test_adaptive_weighted_vote_counts_a_leaf_as_one_vote_whatever_its_score() -> None:
+    """The model's future leaves add the mean observed score, so the scale of the scores does
+    not matter: four neutral (0.5) leaves are as strong evidence as four at the ceiling."""
+
+    def p(score: float, remaining: int) -> float:
+        ballots = _ballots(*([("7", score)] * 4 + [("8", score)]))
+        return leader_confidence(
+            ballots, remaining, how="weighted_vote", which="finished", max_score=M
+        )
+
+    assert p(0.5, 11) == pytest.approx(p(M, 11))
+    majority = leader_confidence(
+        _ballots(*([("7", 0.5)] * 4 + [("8", 0.5)])),
+        11,
+        how="majority_vote",
+        which="finished",
+        max_score=M,
+    )
+    assert p(0.5, 11) == pytest.approx(majority)
+    assert p(0.5, 11) > 0.9  # at 0.5 / M per leaf (the old model) it was 0.84
+
+
 # --- the exact rule on random trees ------------------------------------------------------
 
 
