@@ -432,8 +432,9 @@ def early_stop_tables(payload: dict[str, Any]) -> str:
         lines.append(
             f"- shadow `{rule}` (inside the full searches, {v['trees']} trees): fired on "
             f"{v['fired']:.0%}, answer identical on {v['agreement']:.1%}, FLOPs not yet "
-            f"spent by its stop point {v['flops_saved']:.1%} (an upper bound of its saving: "
-            "the steps in flight then, which a real stop aborts, had mostly run)"
+            f"spent by its stop point {v['flops_saved']:.1%} (the full search runs a level's "
+            "children together: an upper bound of what a stop saves without windows, since "
+            "the steps in flight then had mostly run)"
         )
     dataset = {s.get("dataset", "gsm8k") for s in sessions}
     load = {s.get("load", "closed") for s in sessions}
