@@ -87,7 +87,14 @@ SOURCES: dict[str, Source] = {
         "rebase_early_stop_easy",
         "rebase_bench",
         "throughput --dataset easy_arithmetic --configs fair16-off,fair16-exact,fair16-c90,"
-        "fair16-c95 --width 16 --questions 16 --max-num-seqs 64 ",
+        "fair16-c95,fair16-c95-w16 --width 16 --questions 16 --max-num-seqs 64 ",
+    ),
+    # Where the answers rarely converge: the adaptive rule (with windows) on GSM8K.
+    "rebase_early_stop_adaptive": _bench(
+        "rebase_early_stop_adaptive",
+        "rebase_bench",
+        "throughput --configs fair16-off,fair16-c90,fair16-c95 --width 16 --questions 16 "
+        "--max-num-seqs 64 ",
     ),
     "quiet_star_forward": _bench("quiet_star_forward", "quiet_star_bench", "forward "),
     "quiet_star_speed": _bench("quiet_star_speed", "quiet_star_bench", "speed "),

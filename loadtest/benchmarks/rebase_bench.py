@@ -342,7 +342,12 @@ def _ratio(a: float | None, b: float | None) -> str:
     return fmt(a / b, 2) + "x" if a is not None and b else "–"
 
 
-EARLY_STOP_TABLES = ("rebase_early_stop", "rebase_early_stop_open", "rebase_early_stop_easy")
+EARLY_STOP_TABLES = (
+    "rebase_early_stop",
+    "rebase_early_stop_open",
+    "rebase_early_stop_easy",
+    "rebase_early_stop_adaptive",
+)
 
 
 def _early_stop_label(fields: dict[str, Any] | None) -> str:
